@@ -1,0 +1,123 @@
+//! Gathers the plan's inputs from the host and the bundle: the request from config.json, the
+//! GPU inventory (procfs first, NVML only when needed), the driver files and device nodes.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use gres_oci::config::Config;
+use gres_oci::driver::{resolve_in, DriverRoot};
+use gres_oci::inventory::{read_nvml, read_procfs, scan_dev_root, Inventory};
+use gres_oci::ldcache::{native_arch, LdCache};
+use gres_oci::plan::{plan, Inputs, Layout, Plan};
+use gres_oci::request::{env_map, Request};
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+
+use crate::state::Bundle;
+
+/// The driver root's linker cache.
+///
+/// # Errors
+/// It cannot be read or parsed.
+pub fn driver_cache(config: &Config) -> Result<LdCache> {
+    let p = config.driver_root.join("etc/ld.so.cache");
+    Ok(LdCache::read(&p)?)
+}
+
+/// The NVML library to load: the configured one, else `libnvidia-ml.so.1` from the driver
+/// root's cache, resolved inside the driver root.
+pub fn nvml_library(config: &Config, cache: &LdCache) -> Option<PathBuf> {
+    if let Some(p) = &config.nvml_library {
+        return Some(p.clone());
+    }
+    cache
+        .lookup_prefix("libnvidia-ml.so.1", native_arch())
+        .find_map(|e| resolve_in(&config.driver_root, Path::new(&e.value)))
+}
+
+/// The inventory for `request`: procfs when it can answer, else NVML.
+///
+/// # Errors
+/// Neither source works.
+pub fn inventory(config: &Config, cache: &LdCache, request: Option<&Request>) -> Result<Inventory> {
+    let procfs = read_procfs(&config.proc_root);
+    if let Ok(inv) = &procfs {
+        if request.is_some_and(|r| r.procfs_suffices(inv)) {
+            return Ok(inv.clone());
+        }
+    }
+    let lib = nvml_library(config, cache);
+    let nvml = match &lib {
+        Some(l) => read_nvml(l).map_err(anyhow::Error::from),
+        None => Err(anyhow::anyhow!(
+            "libnvidia-ml.so.1 not found in {}",
+            config.driver_root.join("etc/ld.so.cache").display()
+        )),
+    };
+    match (nvml, procfs) {
+        (Ok(inv), _) => Ok(inv),
+        // Without NVML, procfs still serves requests that need no NVML-only facts; the plan
+        // then fails on what it lacks (an unknown UUID) with a precise message.
+        (Err(e), Ok(inv)) => {
+            tracing::debug!(error = %format!("{e:#}"), "NVML unavailable, using procfs");
+            Ok(inv)
+        }
+        (Err(n), Err(p)) => Err(n.context(format!("no GPU inventory ({p})"))),
+    }
+}
+
+/// Whether the image is laid out the Debian way, read inside the rootfs without following
+/// links out of it.
+fn layout(rootfs: &Path) -> Layout {
+    let found = rustix::fs::open(rootfs, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .and_then(|root| {
+            rustix::fs::openat2(
+                &root,
+                "etc/debian_version",
+                OFlags::PATH | OFlags::CLOEXEC,
+                Mode::empty(),
+                ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+            )
+        })
+        .is_ok();
+    if found {
+        Layout::Debian
+    } else {
+        Layout::Other
+    }
+}
+
+/// The plan for one bundle; `None` for a container that asks for no GPU.
+///
+/// # Errors
+/// Any input that is missing or malformed, or a request the node cannot satisfy.
+pub fn build_plan(config: &Config, bundle: &Bundle, container_id: &str) -> Result<Option<Plan>> {
+    let env = env_map(&bundle.env).context("config.json")?;
+    let Some(request) = Request::from_env(&env, config)? else {
+        return Ok(None);
+    };
+    let cache = driver_cache(config)?;
+    let inv = inventory(config, &cache, Some(&request))?;
+    let driver = DriverRoot {
+        root: &config.driver_root,
+        cache: &cache,
+        version: &inv.driver_version,
+        library_search_dirs: &config.library_search_dirs,
+        binary_search_dirs: &config.binary_search_dirs,
+    }
+    .discover(&request.capabilities);
+    for m in &driver.missing {
+        tracing::debug!(file = %m, "driver file not found");
+    }
+    let devices = scan_dev_root(&config.dev_root)?;
+    let p = plan(&Inputs {
+        container_id,
+        rootfs: &bundle.rootfs,
+        layout: layout(&bundle.rootfs),
+        request: &request,
+        inventory: &inv,
+        driver: &driver,
+        devices: &devices,
+        config,
+    })?;
+    Ok(Some(p))
+}

@@ -1,0 +1,375 @@
+//! The node's GPUs and driver version, from procfs (cheap, no driver calls) or from NVML
+//! (complete, but slow to start). Each source takes its root as a parameter.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+/// One physical GPU as the host sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Gpu {
+    /// NVML index: the position in PCI bus order.
+    pub index: u32,
+    /// The N of `/dev/nvidiaN`.
+    pub minor: u32,
+    /// `GPU-…`, lower-case; `None` when the driver has not initialised the GPU yet.
+    pub uuid: Option<String>,
+    /// `dddddddd:bb:dd.f`, lower-case, 8-digit domain.
+    pub pci_bus_id: String,
+    pub model: Option<String>,
+    /// CUDA compute capability `maj.min` (NVML only).
+    pub arch: Option<String>,
+    /// NVML brand name (NVML only).
+    pub brand: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Procfs,
+    Nvml,
+}
+
+/// Everything the plan needs to know about the node's driver and GPUs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Inventory {
+    pub source: Source,
+    pub driver_version: String,
+    /// `maj.min` of the CUDA driver API (NVML only).
+    pub cuda_version: Option<String>,
+    /// Sorted by PCI bus id; `gpus[i].index == i`.
+    pub gpus: Vec<Gpu>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryError {
+    #[error("{path}: cannot read")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Format { path: PathBuf, message: String },
+    #[error("NVML ({library}): {message}")]
+    Nvml { library: String, message: String },
+}
+
+/// Normalises a PCI bus id to `dddddddd:bb:dd.f`, lower-case; `None` if it is not one.
+pub fn normalize_pci_bus_id(s: &str) -> Option<String> {
+    let s = s.trim();
+    let (rest, func) = s.rsplit_once('.')?;
+    let mut parts = rest.split(':');
+    let (a, b, c) = (parts.next()?, parts.next()?, parts.next());
+    let (domain, bus, dev) = match c {
+        Some(dev) => (a, b, dev),
+        None => ("0", a, b),
+    };
+    if parts.next().is_some() {
+        return None;
+    }
+    let hex = |v: &str, max: usize| {
+        (!v.is_empty() && v.len() <= max && v.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| u32::from_str_radix(v, 16).ok())
+            .flatten()
+    };
+    let (d, b, v, f) = (hex(domain, 8)?, hex(bus, 2)?, hex(dev, 2)?, hex(func, 1)?);
+    Some(format!("{d:08x}:{b:02x}:{v:02x}.{f:x}"))
+}
+
+/// Reads `<proc_root>/driver/nvidia/version` and `…/gpus/*/information`.
+///
+/// # Errors
+/// A missing or unreadable file, or an `information` file without a usable bus id or minor.
+pub fn read_procfs(proc_root: &Path) -> Result<Inventory, InventoryError> {
+    let base = proc_root.join("driver/nvidia");
+    let vpath = base.join("version");
+    let version = read(&vpath)?;
+    let driver_version = parse_version_file(&version).ok_or_else(|| InventoryError::Format {
+        path: vpath.clone(),
+        message: "no driver version on the NVRM line".into(),
+    })?;
+    let gdir = base.join("gpus");
+    let mut gpus = Vec::new();
+    let entries = match std::fs::read_dir(&gdir) {
+        Ok(e) => e,
+        // A driver with no GPU bound (all excluded) has no gpus dir: that is an empty node.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Inventory {
+                source: Source::Procfs,
+                driver_version,
+                cuda_version: None,
+                gpus,
+            })
+        }
+        Err(source) => return Err(InventoryError::Read { path: gdir, source }),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|source| InventoryError::Read {
+            path: gdir.clone(),
+            source,
+        })?;
+        let path = entry.path().join("information");
+        let text = read(&path)?;
+        let info = parse_information(&text).map_err(|message| InventoryError::Format {
+            path: path.clone(),
+            message,
+        })?;
+        gpus.push(info);
+    }
+    Ok(finish(Source::Procfs, driver_version, None, gpus))
+}
+
+fn finish(source: Source, driver_version: String, cuda: Option<String>, mut gpus: Vec<Gpu>) -> Inventory {
+    // NVML enumerates in PCI bus order, so the index is derived, never read.
+    gpus.sort_by(|a, b| a.pci_bus_id.cmp(&b.pci_bus_id));
+    for (i, g) in gpus.iter_mut().enumerate() {
+        g.index = i as u32;
+    }
+    Inventory {
+        source,
+        driver_version,
+        cuda_version: cuda,
+        gpus,
+    }
+}
+
+fn read(path: &Path) -> Result<String, InventoryError> {
+    std::fs::read_to_string(path).map_err(|source| InventoryError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The driver version from `/proc/driver/nvidia/version`: the first token of the NVRM line
+/// that starts with a digit and contains a dot.
+pub fn parse_version_file(text: &str) -> Option<String> {
+    let line = text.lines().find(|l| l.starts_with("NVRM version:"))?;
+    line.split_whitespace()
+        .find(|t| t.starts_with(|c: char| c.is_ascii_digit()) && t.contains('.'))
+        .filter(|t| t.bytes().all(|b| b.is_ascii_digit() || b == b'.'))
+        .map(str::to_owned)
+}
+
+/// One `gpus/<bus>/information` file. Unknown lines are ignored; uninitialised UUIDs
+/// (`GPU-????…`) become `None`.
+///
+/// # Errors
+/// No `Bus Location` or `Device Minor`, or an unparsable value for either.
+pub fn parse_information(text: &str) -> Result<Gpu, String> {
+    let (mut bus, mut minor, mut uuid, mut model) = (None, None, None, None);
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        let v = v.trim();
+        match k.trim() {
+            "Bus Location" => {
+                bus = Some(normalize_pci_bus_id(v).ok_or_else(|| format!("bad Bus Location {v:?}"))?)
+            }
+            "Device Minor" => {
+                minor = Some(v.parse::<u32>().map_err(|_| format!("bad Device Minor {v:?}"))?)
+            }
+            "GPU UUID" => uuid = valid_uuid(v),
+            "Model" => model = Some(v.to_owned()),
+            _ => {}
+        }
+    }
+    Ok(Gpu {
+        index: 0,
+        minor: minor.ok_or("no Device Minor line")?,
+        uuid,
+        pci_bus_id: bus.ok_or("no Bus Location line")?,
+        model,
+        arch: None,
+        brand: None,
+    })
+}
+
+fn valid_uuid(v: &str) -> Option<String> {
+    let rest = v.strip_prefix("GPU-")?;
+    let ok = rest.len() == 36
+        && rest.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        });
+    ok.then(|| format!("GPU-{}", rest.to_ascii_lowercase()))
+}
+
+/// Queries NVML through nvml-wrapper, loading `library`. Call it only from a process that will
+/// not `setns` afterwards on the same thread: NVML may start threads.
+///
+/// # Errors
+/// The library fails to load or initialise, or a query fails.
+pub fn read_nvml(library: &Path) -> Result<Inventory, InventoryError> {
+    use nvml_wrapper::Nvml;
+    let lib = library.display().to_string();
+    let err = |e: nvml_wrapper::error::NvmlError| InventoryError::Nvml {
+        library: lib.clone(),
+        message: e.to_string(),
+    };
+    let path: OsString = library.as_os_str().to_owned();
+    let nvml = Nvml::builder().lib_path(&path).init().map_err(err)?;
+    let driver_version = nvml.sys_driver_version().map_err(err)?;
+    let cuda = nvml.sys_cuda_driver_version().ok().map(|v| {
+        format!(
+            "{}.{}",
+            nvml_wrapper::cuda_driver_version_major(v),
+            nvml_wrapper::cuda_driver_version_minor(v)
+        )
+    });
+    let count = nvml.device_count().map_err(err)?;
+    let mut gpus = Vec::with_capacity(count as usize);
+    for i in 0..count {
+        let d = nvml.device_by_index(i).map_err(err)?;
+        let pci = d.pci_info().map_err(err)?;
+        let bus = normalize_pci_bus_id(&pci.bus_id).ok_or_else(|| InventoryError::Nvml {
+            library: lib.clone(),
+            message: format!("GPU {i}: bad PCI bus id {:?}", pci.bus_id),
+        })?;
+        gpus.push(Gpu {
+            index: i,
+            minor: d.minor_number().map_err(err)?,
+            uuid: d.uuid().ok().and_then(|u| valid_uuid(&u)),
+            pci_bus_id: bus,
+            model: d.name().ok(),
+            arch: d
+                .cuda_compute_capability()
+                .ok()
+                .map(|c| format!("{}.{}", c.major, c.minor)),
+            brand: d.brand().ok().map(|b| format!("{b:?}")),
+        });
+    }
+    let inv = finish(Source::Nvml, driver_version, cuda, gpus);
+    // Drop would call nvmlShutdown and could panic on a broken library; shutdown() reports.
+    nvml.shutdown().map_err(err)?;
+    Ok(inv)
+}
+
+/// The NVIDIA character devices under `dev_root` (`nvidia*`, one level, plus
+/// `nvidia-caps/`), by base name. Entries that are not character devices are skipped: a
+/// regular file named like a device must never be bound in as one.
+///
+/// # Errors
+/// `dev_root` cannot be listed.
+pub fn scan_dev_root(dev_root: &Path) -> Result<crate::plan::HostDevices, InventoryError> {
+    use std::os::unix::fs::FileTypeExt;
+    use std::os::unix::fs::MetadataExt;
+    let mut out = crate::plan::HostDevices::new();
+    let entries = std::fs::read_dir(dev_root).map_err(|source| InventoryError::Read {
+        path: dev_root.to_owned(),
+        source,
+    })?;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !name.starts_with("nvidia") {
+            continue;
+        }
+        let Ok(m) = std::fs::metadata(e.path()) else {
+            continue;
+        };
+        if m.file_type().is_char_device() {
+            let rdev = m.rdev();
+            out.insert(
+                name.to_owned(),
+                crate::plan::DevNum {
+                    major: libc::major(rdev),
+                    minor: libc::minor(rdev),
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H100: &str = "Model:           NVIDIA H100 80GB HBM3
+IRQ:             156
+GPU UUID:        GPU-3F9A2C1E-7b44-5d0e-9a1b-2c3d4e5f6a7b
+Video BIOS:      96.00.74.00.1a
+Bus Type:        PCIe
+DMA Size:        47 bits
+DMA Mask:        0x7fffffffffff
+Bus Location:    0000:1b:00.0
+Device Minor:    2
+GPU Firmware:    550.54.15
+GPU Excluded:    No
+";
+
+    #[test]
+    fn information_file() {
+        let g = parse_information(H100).unwrap();
+        assert_eq!(g.minor, 2);
+        assert_eq!(g.pci_bus_id, "00000000:1b:00.0");
+        assert_eq!(g.uuid.as_deref(), Some("GPU-3f9a2c1e-7b44-5d0e-9a1b-2c3d4e5f6a7b"));
+        assert_eq!(g.model.as_deref(), Some("NVIDIA H100 80GB HBM3"));
+    }
+
+    #[test]
+    fn information_uninitialised_uuid_and_errors() {
+        let t = H100.replace(
+            "GPU-3F9A2C1E-7b44-5d0e-9a1b-2c3d4e5f6a7b",
+            "GPU-????????-????-????-????-????????????",
+        );
+        assert_eq!(parse_information(&t).unwrap().uuid, None);
+        let no_minor: String = H100.lines().filter(|l| !l.starts_with("Device Minor")).collect::<Vec<_>>().join("\n");
+        assert!(parse_information(&no_minor).unwrap_err().contains("Device Minor"));
+        assert!(parse_information(&H100.replace("Minor:    2", "Minor:    x")).is_err());
+        assert!(parse_information(&H100.replace("0000:1b:00.0", "zz")).is_err());
+    }
+
+    #[test]
+    fn version_files() {
+        let closed = "NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.15  Tue Mar  5 22:23:56 UTC 2024\nGCC version:  gcc version 12.3.0 (Ubuntu 12.3.0-1ubuntu1~22.04)\n";
+        let open = "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  570.86.15  Release Build  (dvs-builder@U16-T02-35-3)  Wed Jan 22 01:23:45 UTC 2025\nGCC version:  gcc version 12.2.0 (Debian 12.2.0-14)\n";
+        assert_eq!(parse_version_file(closed).as_deref(), Some("550.54.15"));
+        assert_eq!(parse_version_file(open).as_deref(), Some("570.86.15"));
+        assert_eq!(parse_version_file("garbage"), None);
+    }
+
+    #[test]
+    fn pci_normalisation() {
+        for (i, o) in [
+            ("0000:1b:00.0", Some("00000000:1b:00.0")),
+            ("00000000:1B:00.0", Some("00000000:1b:00.0")),
+            ("1b:00.0", Some("00000000:1b:00.0")),
+            ("0001:c1:1f.7", Some("00000001:c1:1f.7")),
+            ("0000:1b:00", None),
+            ("0000:1g:00.0", None),
+            ("000000000:1b:00.0", None),
+            ("a:b:c:d.0", None),
+        ] {
+            assert_eq!(normalize_pci_bus_id(i).as_deref(), o, "{i}");
+        }
+    }
+
+    #[test]
+    fn procfs_tree_sorted_by_bus() {
+        let t = tempfile::tempdir().unwrap();
+        let base = t.path().join("driver/nvidia");
+        std::fs::create_dir_all(&base).unwrap();
+        std::fs::write(
+            base.join("version"),
+            "NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.15  Tue\n",
+        )
+        .unwrap();
+        for (bus, minor) in [("0000:3d:00.0", 0), ("0000:1b:00.0", 2)] {
+            let d = base.join("gpus").join(bus);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(
+                d.join("information"),
+                H100.replace("0000:1b:00.0", bus).replace("Minor:    2", &format!("Minor:    {minor}")),
+            )
+            .unwrap();
+        }
+        let inv = read_procfs(t.path()).unwrap();
+        assert_eq!(inv.driver_version, "550.54.15");
+        let got: Vec<_> = inv.gpus.iter().map(|g| (g.index, g.minor)).collect();
+        assert_eq!(got, vec![(0, 2), (1, 0)]);
+        let err = read_procfs(&t.path().join("nope")).unwrap_err().to_string();
+        assert!(err.contains("nope/driver/nvidia/version"), "{err}");
+    }
+}

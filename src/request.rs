@@ -1,0 +1,227 @@
+//! What a container asks for, read from its environment: which GPUs (NVIDIA's variables, or
+//! the plugin's physical list, which wins), which driver capabilities, which requirements.
+//! Pure: takes the `process.env` entries, returns data.
+
+use std::collections::BTreeMap;
+
+use crate::config::Config;
+use crate::inventory::{normalize_pci_bus_id, Gpu, Inventory};
+use crate::selection::{
+    go_bool_true, is_legacy_image, parse_capabilities, parse_visible_devices,
+    requirements_from_env, Capabilities, DeviceId, DeviceRequest, Requirement, SelectionError,
+};
+
+/// The variable the SPANK plugin sets: the step's GPUs by physical identity.
+pub const GPUS_VAR: &str = "GRES_OCI_GPUS";
+
+/// One GPU named by something that does not depend on numbering.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub enum PhysicalId {
+    Uuid(String),
+    PciBusId(String),
+    /// The N of `/dev/nvidiaN`.
+    Minor(u32),
+}
+
+impl PhysicalId {
+    /// `GPU-<uuid>`, a PCI bus id, or `minor:N`.
+    ///
+    /// # Errors
+    /// Anything else.
+    pub fn parse(item: &str) -> Result<PhysicalId, RequestError> {
+        let bad = || RequestError::BadPhysical(item.to_owned());
+        if let Some(n) = item.strip_prefix("minor:") {
+            return n.parse().map(PhysicalId::Minor).map_err(|_| bad());
+        }
+        if item.len() >= 4 && item[..4].eq_ignore_ascii_case("GPU-") {
+            return match crate::selection::parse_device_id(item) {
+                Ok(DeviceId::GpuUuid(u)) => Ok(PhysicalId::Uuid(u)),
+                _ => Err(bad()),
+            };
+        }
+        normalize_pci_bus_id(item)
+            .map(PhysicalId::PciBusId)
+            .ok_or_else(bad)
+    }
+
+    pub fn matches(&self, g: &Gpu) -> bool {
+        match self {
+            PhysicalId::Uuid(u) => g.uuid.as_deref() == Some(u.as_str()),
+            PhysicalId::PciBusId(b) => &g.pci_bus_id == b,
+            PhysicalId::Minor(m) => g.minor == *m,
+        }
+    }
+}
+
+impl std::fmt::Display for PhysicalId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PhysicalId::Uuid(u) => f.write_str(u),
+            PhysicalId::PciBusId(b) => f.write_str(b),
+            PhysicalId::Minor(m) => write!(f, "minor:{m}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Devices {
+    /// `NVIDIA_VISIBLE_DEVICES`, NVML-index based.
+    Nvidia(DeviceRequest),
+    /// The plugin's list.
+    Physical(Vec<PhysicalId>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Request {
+    pub devices: Devices,
+    pub capabilities: Capabilities,
+    pub requirements: Vec<Requirement>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error(transparent)]
+    Selection(#[from] SelectionError),
+    #[error("invalid GPU {0:?} in {GPUS_VAR}")]
+    BadPhysical(String),
+    #[error("process.env entry {0:?} has no '='")]
+    BadEnv(String),
+    #[error("GPU {0} is not on this node")]
+    UnknownGpu(String),
+    #[error("MIG device {0} requested: MIG devices are not supported by gres-oci")]
+    Mig(String),
+}
+
+/// Resolves OCI `process.env` entries into a map: split at the first `=`, later duplicates
+/// win (as execve would see them).
+///
+/// # Errors
+/// An entry without `=` (NVIDIA's hook rejects those too).
+pub fn env_map(env: &[String]) -> Result<BTreeMap<&str, &str>, RequestError> {
+    let mut m = BTreeMap::new();
+    for e in env {
+        let (k, v) = e
+            .split_once('=')
+            .ok_or_else(|| RequestError::BadEnv(e.clone()))?;
+        m.insert(k, v);
+    }
+    Ok(m)
+}
+
+impl Request {
+    /// Reads a container's request. `Ok(None)`: not a GPU container, leave it alone.
+    ///
+    /// # Errors
+    /// Malformed values in any of the variables.
+    pub fn from_env(env: &BTreeMap<&str, &str>, config: &Config) -> Result<Option<Request>, RequestError> {
+        let legacy = is_legacy_image(
+            env.get("CUDA_VERSION").copied(),
+            env.get("NVIDIA_REQUIRE_CUDA").copied(),
+        );
+        let devices = match env.get(GPUS_VAR) {
+            // The plugin's list is authoritative, even when empty (a step without GPUs still
+            // gets the driver if it asked for it through NVIDIA_VISIBLE_DEVICES).
+            Some(list) => {
+                let ids = list
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(PhysicalId::parse)
+                    .collect::<Result<Vec<_>, _>>()?;
+                match parse_visible_devices(env.get("NVIDIA_VISIBLE_DEVICES").copied(), legacy)? {
+                    None if ids.is_empty() => return Ok(None),
+                    _ => Devices::Physical(ids),
+                }
+            }
+            None => match parse_visible_devices(env.get("NVIDIA_VISIBLE_DEVICES").copied(), legacy)? {
+                None => return Ok(None),
+                Some(r) => Devices::Nvidia(r),
+            },
+        };
+        let capabilities = parse_capabilities(
+            env.get("NVIDIA_DRIVER_CAPABILITIES").copied(),
+            legacy,
+            &config.supported_capabilities,
+        )?;
+        let disabled = config.disable_require
+            || env
+                .get("NVIDIA_DISABLE_REQUIRE")
+                .is_some_and(|v| go_bool_true(v));
+        let requirements = if disabled {
+            Vec::new()
+        } else {
+            requirements_from_env(env.iter().map(|(k, v)| (*k, *v)))?
+        };
+        Ok(Some(Request {
+            devices,
+            capabilities,
+            requirements,
+        }))
+    }
+
+    /// Whether procfs alone can answer this request. NVML is needed for MIG ids, for UUIDs
+    /// the procfs tree does not know, and for requirements on cuda, arch or brand (procfs has
+    /// none of those, and treating them as unknown would wave every requirement through).
+    pub fn procfs_suffices(&self, procfs: &Inventory) -> bool {
+        if self.requirements.iter().any(|r| r.needs_nvml_facts()) {
+            return false;
+        }
+        let known = |u: &str| procfs.gpus.iter().any(|g| g.uuid.as_deref() == Some(u));
+        match &self.devices {
+            Devices::Nvidia(DeviceRequest::List(ids)) => ids.iter().all(|id| match id {
+                DeviceId::GpuUuid(u) => known(u),
+                DeviceId::MigUuid(_) | DeviceId::MigIndex { .. } => false,
+                DeviceId::Index(_) | DeviceId::PciBusId(_) => true,
+            }),
+            Devices::Physical(ids) => ids.iter().all(|id| match id {
+                PhysicalId::Uuid(u) => known(u),
+                _ => true,
+            }),
+            Devices::Nvidia(_) => true,
+        }
+    }
+
+    /// The GPUs this request selects, in NVML index order, without duplicates.
+    ///
+    /// # Errors
+    /// An id that matches no GPU of the inventory, or a MIG id.
+    pub fn select<'a>(&self, inv: &'a Inventory) -> Result<Vec<&'a Gpu>, RequestError> {
+        let mut out: Vec<&Gpu> = Vec::new();
+        match &self.devices {
+            Devices::Nvidia(DeviceRequest::None) => {}
+            Devices::Nvidia(DeviceRequest::All) => out.extend(&inv.gpus),
+            Devices::Nvidia(DeviceRequest::List(ids)) => {
+                for id in ids {
+                    let g = match id {
+                        DeviceId::Index(i) => inv.gpus.get(*i as usize),
+                        DeviceId::GpuUuid(u) => inv.gpus.iter().find(|g| g.uuid.as_deref() == Some(u)),
+                        DeviceId::PciBusId(b) => inv.gpus.iter().find(|g| &g.pci_bus_id == b),
+                        DeviceId::MigUuid(u) => return Err(RequestError::Mig(u.clone())),
+                        DeviceId::MigIndex { gpu, mig } => {
+                            return Err(RequestError::Mig(format!("{gpu}:{mig}")))
+                        }
+                    };
+                    out.push(g.ok_or_else(|| RequestError::UnknownGpu(device_id_text(id)))?);
+                }
+            }
+            Devices::Physical(ids) => {
+                for id in ids {
+                    let g = inv.gpus.iter().find(|g| id.matches(g));
+                    out.push(g.ok_or_else(|| RequestError::UnknownGpu(id.to_string()))?);
+                }
+            }
+        }
+        out.sort_by_key(|g| g.index);
+        out.dedup_by_key(|g| g.index);
+        Ok(out)
+    }
+}
+
+fn device_id_text(id: &DeviceId) -> String {
+    match id {
+        DeviceId::Index(i) => i.to_string(),
+        DeviceId::GpuUuid(u) | DeviceId::MigUuid(u) | DeviceId::PciBusId(u) => u.clone(),
+        DeviceId::MigIndex { gpu, mig } => format!("{gpu}:{mig}"),
+    }
+}

@@ -1,0 +1,340 @@
+//! End-to-end: real runc and crun containers (busybox-static rootfs) running the real
+//! gres-oci-hook against fake GPU nodes (mknod devices, real ELF driver libraries and
+//! ld.so.cache, fake procfs, fake NVML). Asserts what the container itself sees.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use support::*;
+
+/// What a container reports about itself: device nodes, open() results, injected files.
+const PROBE: &str = r#"
+for n in /dev/nvidia*; do [ -e "$n" ] && echo "node $n"; done
+for n in /dev/nvidia* /hostdev/nvidia*; do
+  [ -c "$n" ] || continue
+  if cat "$n" </dev/null >/dev/null 2>/tmp/err; then echo "open $n ok"; else echo "open $n $(cat /tmp/err)"; fi
+done
+for d in /usr/lib/x86_64-linux-gnu /usr/lib64 /usr/bin /lib/firmware/nvidia/*; do
+  [ -d "$d" ] || continue
+  for f in "$d"/*; do
+    if [ -L "$f" ]; then echo "link $f -> $(readlink "$f")"; elif [ -f "$f" ]; then echo "file $f"; fi
+  done
+done
+[ -f /etc/ld.so.cache ] && cat /etc/ld.so.cache > /out/ld.so.cache
+echo "env CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES-unset}"
+echo probe-done
+"#;
+
+struct Seen {
+    lines: Vec<String>,
+}
+
+impl Seen {
+    fn nodes(&self) -> BTreeSet<String> {
+        self.lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("node /dev/"))
+            .map(str::to_owned)
+            .collect()
+    }
+    fn open(&self, path: &str) -> &str {
+        let prefix = format!("open {path} ");
+        self.lines
+            .iter()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no open result for {path}: {:#?}", self.lines))
+    }
+    fn has(&self, line: &str) -> bool {
+        self.lines.iter().any(|l| l == line)
+    }
+}
+
+struct Case<'a> {
+    node: &'a FakeNode,
+    env: &'a [&'a str],
+    readonly: bool,
+    debian: bool,
+}
+
+impl Case<'_> {
+    fn bundle(&self) -> (Bundle, tempfile::TempDir) {
+        let out = tempfile::tempdir().unwrap();
+        let b = Bundle::new(BundleOpts {
+            env: self.env,
+            script: PROBE,
+            readonly: self.readonly,
+            debian: self.debian,
+            hook_config: Some(&self.node.config()),
+            binds: vec![(self.node.dev(), "/hostdev"), (out.path().to_owned(), "/out")],
+        });
+        (b, out)
+    }
+
+    fn run(&self, rt: Runtime) -> (Seen, tempfile::TempDir) {
+        let (b, out) = self.bundle();
+        let o = b.run(rt);
+        assert!(o.status.success(), "{} {:?}: {}", rt.name(), self.env, text(&o));
+        let s = String::from_utf8_lossy(&o.stdout);
+        assert!(s.contains("probe-done"), "{}", text(&o));
+        (
+            Seen {
+                lines: s.lines().map(str::to_owned).collect(),
+            },
+            out,
+        )
+    }
+}
+
+fn setup() -> FakeNode {
+    require_root();
+    prepare_cgroups_for_crun();
+    FakeNode::new(&[])
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+const ENXIO: &str = "cat: can't open";
+
+#[test]
+fn each_visible_devices_form_gets_exactly_its_gpus() {
+    let node = setup();
+    // The fake node's GPUs, in PCI order (= NVML index): minors 2, 0, 3, 1.
+    let control = ["nvidiactl", "nvidia-uvm", "nvidia-uvm-tools"];
+    let cases: &[(&str, &[&str])] = &[
+        ("0", &["nvidia2"]),
+        ("1,3", &["nvidia0", "nvidia1"]),
+        ("GPU-3f9a2c1e-7b44-5d0e-9a1b-2c3d4e5f6a73", &["nvidia1"]),
+        ("0000:5e:00.0", &["nvidia3"]),
+        ("all", &["nvidia0", "nvidia1", "nvidia2", "nvidia3"]),
+        ("none", &[]),
+    ];
+    for rt in [Runtime::Runc, Runtime::Crun] {
+        for (nvd, gpus) in cases {
+            let env = [format!("NVIDIA_VISIBLE_DEVICES={nvd}")];
+            let env: Vec<&str> = env.iter().map(String::as_str).collect();
+            let (seen, _out) = Case { node: &node, env: &env, readonly: false, debian: true }.run(rt);
+            let mut want = set(gpus);
+            want.extend(control.iter().map(|s| s.to_string()));
+            assert_eq!(seen.nodes(), want, "{} NVIDIA_VISIBLE_DEVICES={nvd}", rt.name());
+            // The device cgroup: the container's own nodes open to ENXIO (allowed, no driver),
+            // the host's other GPU nodes to EPERM.
+            for m in 0..4 {
+                let name = format!("nvidia{m}");
+                let host = seen.open(&format!("/hostdev/{name}"));
+                if gpus.contains(&name.as_str()) {
+                    assert!(host.contains(ENXIO) && host.contains("No such device or address"), "{nvd}: {name}: {host}");
+                    let own = seen.open(&format!("/dev/{name}"));
+                    assert!(own.contains("No such device or address"), "{nvd}: {own}");
+                } else {
+                    assert!(host.contains("Operation not permitted"), "{} {nvd}: {name} should be denied: {host}", rt.name());
+                }
+            }
+            assert!(seen.open("/dev/nvidiactl").contains("No such device or address"));
+        }
+    }
+}
+
+#[test]
+fn non_gpu_containers_are_left_untouched() {
+    let node = setup();
+    for env in [&[][..], &["NVIDIA_VISIBLE_DEVICES="], &["NVIDIA_VISIBLE_DEVICES=void"], &["NVIDIA_VISIBLE_DEVICES=void,0"]] {
+        let case = Case { node: &node, env, readonly: false, debian: true };
+        let (b, _out) = case.bundle();
+        let before = tree(&b.rootfs());
+        let o = b.run(Runtime::Runc);
+        assert!(o.status.success(), "{}", text(&o));
+        let s = String::from_utf8_lossy(&o.stdout);
+        assert!(!s.contains("node /dev/nvidia"), "{env:?}: {s}");
+        assert!(!s.contains("libcuda"), "{env:?}: {s}");
+        assert_eq!(before, tree(&b.rootfs()), "{env:?}: the rootfs changed on disk");
+    }
+}
+
+fn check_driver_files(seen: &Seen, libdir: &str, version: &str) {
+    for f in [
+        format!("file {libdir}/libcuda.so.{version}"),
+        format!("link {libdir}/libcuda.so.1 -> libcuda.so.{version}"),
+        format!("link {libdir}/libcuda.so -> libcuda.so.{version}"),
+        format!("file {libdir}/libnvidia-ml.so.{version}"),
+        format!("link {libdir}/libnvidia-ml.so.1 -> libnvidia-ml.so.{version}"),
+        format!("file {libdir}/libnvidia-ptxjitcompiler.so.{version}"),
+        format!("link {libdir}/libnvidia-nvvm.so.4 -> libnvidia-nvvm.so.{version}"),
+        "file /usr/bin/nvidia-smi".to_string(),
+        format!("file /lib/firmware/nvidia/{version}/gsp_ga10x.bin"),
+    ] {
+        assert!(seen.has(&f), "missing {f:?} in {:#?}", seen.lines);
+    }
+    for l in &seen.lines {
+        // Not asked for (video, graphics), another driver's leftover, or not a driver library.
+        for bad in ["libnvidia-encode", "libnvidia-glcore", "libcuda.so.470", "libcudart"] {
+            assert!(!l.contains(bad), "unexpected {l}");
+        }
+    }
+}
+
+fn check_ldcache(out: &Path, libdir: &str) {
+    let cache = gres_oci::ldcache::LdCache::read(&out.join("ld.so.cache")).expect("the container has a linker cache");
+    let find = |k: &str| cache.entries.iter().find(|e| e.key == k).map(|e| e.value.clone());
+    assert_eq!(find("libcuda.so.1"), Some(format!("{libdir}/libcuda.so.1")));
+    assert_eq!(find("libnvidia-ml.so.1"), Some(format!("{libdir}/libnvidia-ml.so.1")));
+}
+
+#[test]
+fn driver_libraries_links_binaries_and_linker_cache() {
+    let node = setup();
+    for rt in [Runtime::Runc, Runtime::Crun] {
+        let env = ["NVIDIA_VISIBLE_DEVICES=0"];
+        let (seen, out) = Case { node: &node, env: &env, readonly: false, debian: true }.run(rt);
+        check_driver_files(&seen, "/usr/lib/x86_64-linux-gnu", "550.54.15");
+        check_ldcache(out.path(), "/usr/lib/x86_64-linux-gnu");
+    }
+    assert!(node.log().contains("injected"), "hook log: {}", node.log());
+}
+
+#[test]
+fn rhel_layout_and_another_driver_version() {
+    require_root();
+    prepare_cgroups_for_crun();
+    let node = FakeNode::new(&["--driver", "570.86.15", "--layout", "rhel"]);
+    for rt in [Runtime::Runc, Runtime::Crun] {
+        let env = ["NVIDIA_VISIBLE_DEVICES=all"];
+        let (seen, out) = Case { node: &node, env: &env, readonly: false, debian: false }.run(rt);
+        check_driver_files(&seen, "/usr/lib64", "570.86.15");
+        check_ldcache(out.path(), "/usr/lib64");
+        assert!(!seen.lines.iter().any(|l| l.contains("x86_64-linux-gnu")), "{:#?}", seen.lines);
+    }
+}
+
+#[test]
+fn read_only_rootfs() {
+    let node = setup();
+    for rt in [Runtime::Runc, Runtime::Crun] {
+        let env = ["NVIDIA_VISIBLE_DEVICES=1"];
+        let case = Case { node: &node, env: &env, readonly: true, debian: true };
+        let (b, out) = case.bundle();
+        let mut spec = b.spec.clone();
+        let script = format!("{PROBE}\nif touch /probe-write 2>/dev/null; then echo rootfs-writable; else echo rootfs-readonly; fi");
+        spec["process"]["args"] = serde_json::json!(["/bin/sh", "-c", script]);
+        std::fs::write(b.path().join("config.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
+        let o = b.run(rt);
+        assert!(o.status.success(), "{}", text(&o));
+        let s = String::from_utf8_lossy(&o.stdout);
+        assert!(s.contains("rootfs-readonly"), "{s}");
+        let seen = Seen { lines: s.lines().map(str::to_owned).collect() };
+        assert!(seen.nodes().contains("nvidia0"), "{s}");
+        check_driver_files(&seen, "/usr/lib/x86_64-linux-gnu", "550.54.15");
+        check_ldcache(out.path(), "/usr/lib/x86_64-linux-gnu");
+    }
+}
+
+#[test]
+fn plugin_variable_names_physical_gpus_and_wins() {
+    let node = setup();
+    let env = ["NVIDIA_VISIBLE_DEVICES=all", "GRES_OCI_GPUS=minor:3,GPU-3f9a2c1e-7b44-5d0e-9a1b-2c3d4e5f6a71"];
+    let (seen, _out) = Case { node: &node, env: &env, readonly: false, debian: true }.run(Runtime::Runc);
+    let gpus: BTreeSet<_> = seen.nodes().into_iter().filter(|n| n.starts_with("nvidia") && n[6..].parse::<u32>().is_ok()).collect();
+    assert_eq!(gpus, set(&["nvidia0", "nvidia3"]));
+}
+
+#[test]
+fn requirements_use_nvml_and_stop_the_container() {
+    let node = setup();
+    for rt in [Runtime::Runc, Runtime::Crun] {
+        let env = ["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_REQUIRE_CUDA=cuda>=13.0"];
+        let (b, _out) = Case { node: &node, env: &env, readonly: false, debian: true }.bundle();
+        let o = b.run(rt);
+        assert!(!o.status.success(), "{}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("unsatisfied condition: cuda>=13.0"), "{}", text(&o));
+        assert!(!String::from_utf8_lossy(&o.stdout).contains("probe-done"));
+        // The fake NVML reports CUDA 12.4: a satisfiable requirement passes.
+        let env = ["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_REQUIRE_CUDA=cuda>=12.0 brand=tesla"];
+        let (seen, _out) = Case { node: &node, env: &env, readonly: false, debian: true }.run(rt);
+        assert!(seen.nodes().contains("nvidia2"));
+    }
+    assert!(node.log().contains("inventory=Nvml"), "{}", node.log());
+}
+
+fn hook(args: &[&str], stdin: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut c = Command::new(hook_bin())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env_clear()
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(stdin).unwrap();
+    c.wait_with_output().unwrap()
+}
+
+#[test]
+fn hook_command_line_contract() {
+    let node = setup();
+    let cfg = format!("-config={}", node.config().display());
+    // Other stages are no-ops, whatever stdin holds.
+    let o = hook(&[&cfg, "poststop"], b"garbage");
+    assert!(o.status.success(), "{}", text(&o));
+    // Bad input: one line on stderr, exit 1.
+    for (stdin, needle) in [
+        (&b"garbage"[..], "not valid JSON"),
+        (br#"{"id":"x","pid":1}"#, "no bundle"),
+        (br#"{"id":"x","pid":1,"bundle":"/nonexistent"}"#, "/nonexistent/config.json"),
+    ] {
+        let o = hook(&[&cfg, "prestart"], stdin);
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(e.trim_end().lines().count(), 1, "{e}");
+        assert!(e.contains(needle), "{e}");
+    }
+    let o = hook(&["-config=/nonexistent.toml", "prestart"], b"{}");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent.toml"));
+
+    // A malformed config.json.
+    let b = Bundle::new(BundleOpts::default());
+    std::fs::write(b.path().join("config.json"), b"{\"ociVersion\": 1").unwrap();
+    let state = format!(r#"{{"id":"x","pid":1,"bundle":"{}"}}"#, b.path().display());
+    let o = hook(&[&cfg, "prestart"], state.as_bytes());
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("config.json"), "{}", text(&o));
+
+    // plan prints every edit as JSON and changes nothing.
+    let b = Bundle::new(BundleOpts { env: &["NVIDIA_VISIBLE_DEVICES=2"], ..Default::default() });
+    let before = tree(&b.rootfs());
+    let o = hook(&["plan", "--bundle", b.path().to_str().unwrap(), "--config", node.config().to_str().unwrap()], b"");
+    assert!(o.status.success(), "{}", text(&o));
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let nodes: Vec<&str> = plan["device_nodes"].as_array().unwrap().iter().map(|d| d["path"].as_str().unwrap()).collect();
+    assert_eq!(nodes, ["/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia3", "/dev/nvidiactl"]);
+    assert_eq!(plan["inventory"], "procfs");
+    assert_eq!(before, tree(&b.rootfs()));
+
+    // info: NVML and procfs agree on the GPUs.
+    let info = |src: &str| {
+        let o = hook(&[&cfg, "info", "--json", "--source", src], b"");
+        assert!(o.status.success(), "{}", text(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let gpus: Vec<(u64, u64, String, String)> = v["inventory"]["gpus"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| (g["index"].as_u64().unwrap(), g["minor"].as_u64().unwrap(), g["uuid"].to_string(), g["pci_bus_id"].to_string()))
+            .collect();
+        (v["inventory"]["driver_version"].clone(), gpus, v)
+    };
+    let (dv_p, gpus_p, _) = info("procfs");
+    let (dv_n, gpus_n, v) = info("nvml");
+    assert_eq!(dv_p, dv_n);
+    assert_eq!(gpus_p, gpus_n);
+    assert_eq!(gpus_p.len(), 4);
+    assert_eq!(v["inventory"]["cuda_version"], "12.4");
+    let text_out = hook(&[&cfg, "info"], b"");
+    assert!(String::from_utf8_lossy(&text_out.stdout).contains("GPU 0: minor 2"), "{}", text(&text_out));
+}
