@@ -145,7 +145,7 @@ impl Default for BundleOpts<'_> {
 }
 
 pub fn busybox_rootfs(rootfs: &Path, debian: bool) {
-    for d in ["bin", "dev", "proc", "sys", "tmp", "etc", "out"] {
+    for d in ["bin", "dev", "proc", "sys", "tmp", "etc", "out", "hostdev"] {
         std::fs::create_dir_all(rootfs.join(d)).unwrap();
     }
     std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox-static is installed");
