@@ -158,12 +158,11 @@ impl Config {
         }
         let cli = raw.nvidia_container_cli.unwrap_or_default();
         if let Some(root) = cli.root {
-            c.driver_root = absolute(root).map_err(|m| {
-                invalid("nvidia-container-cli.root", m)
-            })?;
+            c.driver_root = absolute(root).map_err(|m| invalid("nvidia-container-cli.root", m))?;
         }
         if let Some(l) = cli.ldconfig {
-            c.ldconfig = parse_ldconfig(&l).map_err(|m| invalid("nvidia-container-cli.ldconfig", m))?;
+            c.ldconfig =
+                parse_ldconfig(&l).map_err(|m| invalid("nvidia-container-cli.ldconfig", m))?;
         }
         if let Some(v) = cli.no_cgroups {
             c.no_cgroups = v;
@@ -270,7 +269,11 @@ fn one_line(e: &toml::de::Error) -> String {
         Some(_) => {
             // The first line of Display is "TOML parse error at line L, column C".
             let first = e.to_string();
-            let loc = first.lines().next().unwrap_or("").trim_start_matches("TOML parse error at ");
+            let loc = first
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim_start_matches("TOML parse error at ");
             format!("{loc}: {msg}")
         }
         None => msg,
@@ -393,15 +396,24 @@ library-search-dirs = ["/opt/nvidia/lib"]
         assert_eq!(c.proc_root, PathBuf::from("/tmp/x/proc"));
         assert_eq!(c.gres_conf, PathBuf::from("/tmp/x/gres.conf"));
         assert_eq!(c.log_level, "debug");
-        assert_eq!(c.library_search_dirs, vec![PathBuf::from("/opt/nvidia/lib")]);
+        assert_eq!(
+            c.library_search_dirs,
+            vec![PathBuf::from("/opt/nvidia/lib")]
+        );
     }
 
     #[test]
     fn errors_name_key_and_file() {
         for (text, needles) in [
-            ("[gres-oci]\ndev-rot = \"/dev\"\n", &["config.toml", "dev-rot"][..]),
+            (
+                "[gres-oci]\ndev-rot = \"/dev\"\n",
+                &["config.toml", "dev-rot"][..],
+            ),
             ("[gres-oci]\ndev-root = 3\n", &["config.toml", "line 2"][..]),
-            ("disable-require = \"yes\"\n", &["config.toml", "line 1"][..]),
+            (
+                "disable-require = \"yes\"\n",
+                &["config.toml", "line 1"][..],
+            ),
             (
                 "[nvidia-container-cli]\nno-cgroups = 1\n",
                 &["config.toml", "line 2"][..],
@@ -414,9 +426,18 @@ library-search-dirs = ["/opt/nvidia/lib"]
                 "supported-driver-capabilities = \"compute,bogus\"\n",
                 &["supported-driver-capabilities", "bogus"][..],
             ),
-            ("[gres-oci]\ndev-root = \"dev\"\n", &["gres-oci.dev-root", "absolute"][..]),
-            ("[gres-oci]\nlog-level = \"loud\"\n", &["gres-oci.log-level", "loud"][..]),
-            ("[nvidia-container-cli]\nenvironment = [\"X\"]\n", &["environment", "\"X\""][..]),
+            (
+                "[gres-oci]\ndev-root = \"dev\"\n",
+                &["gres-oci.dev-root", "absolute"][..],
+            ),
+            (
+                "[gres-oci]\nlog-level = \"loud\"\n",
+                &["gres-oci.log-level", "loud"][..],
+            ),
+            (
+                "[nvidia-container-cli]\nenvironment = [\"X\"]\n",
+                &["environment", "\"X\""][..],
+            ),
             ("not toml at all [", &["config.toml"][..]),
         ] {
             let e = parse(text).unwrap_err().to_string();

@@ -138,10 +138,9 @@ impl DriverRoot<'_> {
                             lib.compat32 = compat32;
                             merge_library(&mut files.libraries, lib);
                         }
-                        None => files.missing.push(format!(
-                            "{name}{}",
-                            if compat32 { " (32-bit)" } else { "" }
-                        )),
+                        None => files
+                            .missing
+                            .push(format!("{name}{}", if compat32 { " (32-bit)" } else { "" })),
                     }
                 }
             }
@@ -354,8 +353,14 @@ mod tests {
         symlink("loop", r.join("loop")).unwrap();
         symlink("/etc/passwd", r.join("passwd")).unwrap();
         let real = r.join("usr/lib/libx.so.1.0");
-        assert_eq!(resolve_in(r, Path::new("/usr/lib/libx.so.1")), Some(real.clone()));
-        assert_eq!(resolve_in(r, Path::new("/lib/libx.so.1")), Some(real.clone()));
+        assert_eq!(
+            resolve_in(r, Path::new("/usr/lib/libx.so.1")),
+            Some(real.clone())
+        );
+        assert_eq!(
+            resolve_in(r, Path::new("/lib/libx.so.1")),
+            Some(real.clone())
+        );
         assert_eq!(resolve_in(r, Path::new("/usr/lib/up")), Some(real));
         assert_eq!(resolve_in(r, Path::new("/loop")), None);
         // An absolute link restarts at the root, so it cannot reach the host's /etc.
@@ -364,7 +369,9 @@ mod tests {
 
     #[test]
     fn video_pulls_compute_and_display_graphics() {
-        let caps: Capabilities = [Capability::Video, Capability::Display].into_iter().collect();
+        let caps: Capabilities = [Capability::Video, Capability::Display]
+            .into_iter()
+            .collect();
         let got: Vec<_> = library_caps(&caps).into_iter().collect();
         assert_eq!(
             got,

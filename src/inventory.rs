@@ -119,7 +119,12 @@ pub fn read_procfs(proc_root: &Path) -> Result<Inventory, InventoryError> {
     Ok(finish(Source::Procfs, driver_version, None, gpus))
 }
 
-fn finish(source: Source, driver_version: String, cuda: Option<String>, mut gpus: Vec<Gpu>) -> Inventory {
+fn finish(
+    source: Source,
+    driver_version: String,
+    cuda: Option<String>,
+    mut gpus: Vec<Gpu>,
+) -> Inventory {
     // NVML enumerates in PCI bus order, so the index is derived, never read.
     gpus.sort_by(|a, b| a.pci_bus_id.cmp(&b.pci_bus_id));
     for (i, g) in gpus.iter_mut().enumerate() {
@@ -164,10 +169,14 @@ pub fn parse_information(text: &str) -> Result<Gpu, String> {
         let v = v.trim();
         match k.trim() {
             "Bus Location" => {
-                bus = Some(normalize_pci_bus_id(v).ok_or_else(|| format!("bad Bus Location {v:?}"))?)
+                bus =
+                    Some(normalize_pci_bus_id(v).ok_or_else(|| format!("bad Bus Location {v:?}"))?)
             }
             "Device Minor" => {
-                minor = Some(v.parse::<u32>().map_err(|_| format!("bad Device Minor {v:?}"))?)
+                minor = Some(
+                    v.parse::<u32>()
+                        .map_err(|_| format!("bad Device Minor {v:?}"))?,
+                )
             }
             "GPU UUID" => uuid = valid_uuid(v),
             "Model" => model = Some(v.to_owned()),
@@ -304,7 +313,10 @@ GPU Excluded:    No
         let g = parse_information(H100).unwrap();
         assert_eq!(g.minor, 2);
         assert_eq!(g.pci_bus_id, "00000000:1b:00.0");
-        assert_eq!(g.uuid.as_deref(), Some("GPU-3f9a2c1e-7b44-5d0e-9a1b-2c3d4e5f6a7b"));
+        assert_eq!(
+            g.uuid.as_deref(),
+            Some("GPU-3f9a2c1e-7b44-5d0e-9a1b-2c3d4e5f6a7b")
+        );
         assert_eq!(g.model.as_deref(), Some("NVIDIA H100 80GB HBM3"));
     }
 
@@ -315,8 +327,14 @@ GPU Excluded:    No
             "GPU-????????-????-????-????-????????????",
         );
         assert_eq!(parse_information(&t).unwrap().uuid, None);
-        let no_minor: String = H100.lines().filter(|l| !l.starts_with("Device Minor")).collect::<Vec<_>>().join("\n");
-        assert!(parse_information(&no_minor).unwrap_err().contains("Device Minor"));
+        let no_minor: String = H100
+            .lines()
+            .filter(|l| !l.starts_with("Device Minor"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(parse_information(&no_minor)
+            .unwrap_err()
+            .contains("Device Minor"));
         assert!(parse_information(&H100.replace("Minor:    2", "Minor:    x")).is_err());
         assert!(parse_information(&H100.replace("0000:1b:00.0", "zz")).is_err());
     }
@@ -361,7 +379,8 @@ GPU Excluded:    No
             std::fs::create_dir_all(&d).unwrap();
             std::fs::write(
                 d.join("information"),
-                H100.replace("0000:1b:00.0", bus).replace("Minor:    2", &format!("Minor:    {minor}")),
+                H100.replace("0000:1b:00.0", bus)
+                    .replace("Minor:    2", &format!("Minor:    {minor}")),
             )
             .unwrap();
         }

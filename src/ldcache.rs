@@ -756,7 +756,7 @@ mod tests {
             let mut bytes = old_cache(&[old_strings_dummy]);
             // Drop the old strings: in compat the new part follows the entries.
             bytes.truncate(OLD_HEADER_LEN as usize + OLD_ENTRY_LEN as usize);
-            bytes.extend(std::iter::repeat(0).take(pad));
+            bytes.extend(std::iter::repeat_n(0, pad));
             bytes.extend_from_slice(&new);
             let cache = LdCache::parse(&bytes, p()).unwrap();
             assert_eq!(

@@ -230,7 +230,8 @@ pub fn plan(i: &Inputs) -> Result<Plan, PlanError> {
             kind: MountKind::Ipc,
         });
     }
-    mounts.sort();
+    // By target, so the plan reads in container order and a target is mounted once.
+    mounts.sort_by(|a, b| a.target.cmp(&b.target));
     mounts.dedup_by(|a, b| a.target == b.target);
     symlinks.sort();
     symlinks.dedup_by(|a, b| a.path == b.path);
@@ -280,11 +281,22 @@ pub enum Op {
     /// Bind a host node over a new empty file, then `ro,nosuid,noexec` (opens still work:
     /// ro does not stop writes to a character device).
     BindDevice { source: PathBuf, target: PathBuf },
-    BindFile { source: PathBuf, target: PathBuf, kind: MountKind },
-    BindDir { source: PathBuf, target: PathBuf, kind: MountKind },
+    BindFile {
+        source: PathBuf,
+        target: PathBuf,
+        kind: MountKind,
+    },
+    BindDir {
+        source: PathBuf,
+        target: PathBuf,
+        kind: MountKind,
+    },
     /// Create a link unless the image already has something at `path`.
     Symlink { path: PathBuf, target: PathBuf },
-    Ldconfig { ldconfig: PathBuf, dirs: Vec<PathBuf> },
+    Ldconfig {
+        ldconfig: PathBuf,
+        dirs: Vec<PathBuf>,
+    },
 }
 
 /// The operations for a plan, in the order they must run: nodes, files, links, then the
@@ -300,9 +312,17 @@ pub fn ops(plan: &Plan, source_is_dir: impl Fn(&Path) -> bool) -> Vec<Op> {
     for m in &plan.mounts {
         let (source, target, kind) = (m.source.clone(), m.target.clone(), m.kind);
         v.push(if source_is_dir(&m.source) {
-            Op::BindDir { source, target, kind }
+            Op::BindDir {
+                source,
+                target,
+                kind,
+            }
         } else {
-            Op::BindFile { source, target, kind }
+            Op::BindFile {
+                source,
+                target,
+                kind,
+            }
         });
     }
     for s in &plan.symlinks {
@@ -318,4 +338,315 @@ pub fn ops(plan: &Plan, source_is_dir: impl Fn(&Path) -> bool) -> Vec<Op> {
         });
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::driver::{HostFile, Library};
+    use crate::request::env_map;
+    use std::collections::BTreeSet;
+
+    fn gpu(index: u32, minor: u32, bus: &str) -> Gpu {
+        Gpu {
+            index,
+            minor,
+            uuid: Some(format!("GPU-00000000-0000-0000-0000-00000000000{minor}")),
+            pci_bus_id: bus.into(),
+            model: None,
+            arch: Some("9.0".into()),
+            brand: Some("Tesla".into()),
+        }
+    }
+
+    fn inventory() -> Inventory {
+        Inventory {
+            source: Source::Procfs,
+            driver_version: "550.54.15".into(),
+            cuda_version: Some("12.4".into()),
+            gpus: vec![
+                gpu(0, 2, "00000000:1b:00.0"),
+                gpu(1, 0, "00000000:3d:00.0"),
+                gpu(2, 1, "00000000:86:00.0"),
+            ],
+        }
+    }
+
+    fn devices() -> HostDevices {
+        let mut d = HostDevices::new();
+        d.insert(
+            "nvidiactl".into(),
+            DevNum {
+                major: 195,
+                minor: 255,
+            },
+        );
+        d.insert(
+            "nvidia-uvm".into(),
+            DevNum {
+                major: 511,
+                minor: 0,
+            },
+        );
+        d.insert(
+            "nvidia-modeset".into(),
+            DevNum {
+                major: 195,
+                minor: 254,
+            },
+        );
+        for m in 0..3 {
+            d.insert(
+                format!("nvidia{m}"),
+                DevNum {
+                    major: 195,
+                    minor: m,
+                },
+            );
+        }
+        d
+    }
+
+    fn driver() -> DriverFiles {
+        DriverFiles {
+            libraries: vec![Library {
+                host_path: "/drv/usr/lib64/libcuda.so.550.54.15".into(),
+                file_name: "libcuda.so.550.54.15".into(),
+                links: BTreeSet::from(["libcuda.so".into(), "libcuda.so.1".into()]),
+                compat32: false,
+            }],
+            binaries: vec![HostFile {
+                host_path: "/drv/usr/bin/nvidia-smi".into(),
+                container_path: "/usr/bin/nvidia-smi".into(),
+            }],
+            firmware: vec![],
+            ipc: vec![HostFile {
+                host_path: "/drv/run/nvidia-persistenced/socket".into(),
+                container_path: "/var/run/nvidia-persistenced/socket".into(),
+            }],
+            missing: vec![],
+        }
+    }
+
+    fn plan_for(env: &[&str], config: &Config, layout: Layout) -> Result<Plan, PlanError> {
+        let env: Vec<String> = env.iter().map(|s| s.to_string()).collect();
+        let map = env_map(&env).unwrap();
+        let request = Request::from_env(&map, config)
+            .unwrap()
+            .expect("a GPU container");
+        let (inv, drv, dev) = (inventory(), driver(), devices());
+        plan(&Inputs {
+            container_id: "c1",
+            rootfs: Path::new("/b/rootfs"),
+            layout,
+            request: &request,
+            inventory: &inv,
+            driver: &drv,
+            devices: &dev,
+            config,
+        })
+    }
+
+    fn minors(p: &Plan) -> Vec<u32> {
+        p.gpus.iter().map(|g| g.minor).collect()
+    }
+
+    #[test]
+    fn selection_maps_to_gpus_by_nvml_index_not_minor() {
+        let c = Config::default();
+        for (nvd, want) in [
+            ("0", vec![2]),
+            ("2,0", vec![2, 1]),
+            ("all", vec![2, 0, 1]),
+            ("none", vec![]),
+            ("GPU-00000000-0000-0000-0000-000000000000", vec![0]),
+            ("0000:86:00.0", vec![1]),
+            ("1,1,1", vec![0]),
+        ] {
+            let p = plan_for(
+                &[&format!("NVIDIA_VISIBLE_DEVICES={nvd}")],
+                &c,
+                Layout::Debian,
+            )
+            .unwrap();
+            assert_eq!(minors(&p), want, "{nvd}");
+        }
+        let p = plan_for(
+            &["NVIDIA_VISIBLE_DEVICES=all", "GRES_OCI_GPUS=minor:1"],
+            &c,
+            Layout::Debian,
+        )
+        .unwrap();
+        assert_eq!(minors(&p), vec![1]);
+    }
+
+    #[test]
+    fn whole_plan_for_one_gpu() {
+        let c = Config::default();
+        let p = plan_for(&["NVIDIA_VISIBLE_DEVICES=1"], &c, Layout::Other).unwrap();
+        let nodes: Vec<_> = p
+            .device_nodes
+            .iter()
+            .map(|d| (d.path.display().to_string(), d.major, d.minor))
+            .collect();
+        assert_eq!(
+            nodes,
+            vec![
+                ("/dev/nvidia-uvm".to_string(), 511, 0),
+                ("/dev/nvidia0".to_string(), 195, 0),
+                ("/dev/nvidiactl".to_string(), 195, 255),
+            ]
+        );
+        assert_eq!(p.device_nodes[1].host_path, PathBuf::from("/dev/nvidia0"));
+        let mounts: Vec<_> = p
+            .mounts
+            .iter()
+            .map(|m| (m.target.display().to_string(), m.kind))
+            .collect();
+        assert_eq!(
+            mounts,
+            vec![
+                ("/usr/bin/nvidia-smi".to_string(), MountKind::ReadOnly),
+                (
+                    "/usr/lib64/libcuda.so.550.54.15".to_string(),
+                    MountKind::ReadOnly
+                ),
+                (
+                    "/var/run/nvidia-persistenced/socket".to_string(),
+                    MountKind::Ipc
+                ),
+            ]
+        );
+        let links: Vec<_> = p
+            .symlinks
+            .iter()
+            .map(|s| format!("{} -> {}", s.path.display(), s.target.display()))
+            .collect();
+        assert_eq!(
+            links,
+            vec![
+                "/usr/lib64/libcuda.so -> libcuda.so.550.54.15",
+                "/usr/lib64/libcuda.so.1 -> libcuda.so.550.54.15"
+            ]
+        );
+        let rules: Vec<_> = p.cgroup_rules.iter().map(|r| r.to_string()).collect();
+        assert_eq!(rules, vec!["c 195:0 rw", "c 195:255 rw", "c 511:0 rw"]);
+        assert_eq!(
+            p.ldcache,
+            Some(LdcacheUpdate {
+                ldconfig: "/sbin/ldconfig".into(),
+                dirs: vec!["/usr/lib64".into()]
+            })
+        );
+        // Deterministic and serialisable: the same inputs give the same JSON.
+        let again = plan_for(&["NVIDIA_VISIBLE_DEVICES=1"], &c, Layout::Other).unwrap();
+        assert_eq!(
+            serde_json::to_string(&p).unwrap(),
+            serde_json::to_string(&again).unwrap()
+        );
+
+        let ops = ops(&p, |_| false);
+        assert!(matches!(ops.first(), Some(Op::BindDevice { .. })));
+        assert!(matches!(ops.last(), Some(Op::Ldconfig { .. })));
+    }
+
+    #[test]
+    fn capabilities_pick_control_nodes_and_config_switches() {
+        let mut c = Config::default();
+        let p = plan_for(
+            &[
+                "NVIDIA_VISIBLE_DEVICES=0",
+                "NVIDIA_DRIVER_CAPABILITIES=utility,display",
+            ],
+            &c,
+            Layout::Debian,
+        )
+        .unwrap();
+        let nodes: Vec<_> = p
+            .device_nodes
+            .iter()
+            .map(|d| d.path.display().to_string())
+            .collect();
+        assert_eq!(
+            nodes,
+            vec!["/dev/nvidia-modeset", "/dev/nvidia2", "/dev/nvidiactl"]
+        );
+        assert_eq!(
+            p.mounts[1].target,
+            PathBuf::from("/usr/lib/x86_64-linux-gnu/libcuda.so.550.54.15")
+        );
+        c.no_cgroups = true;
+        c.ldconfig = Ldconfig::Disabled;
+        let p = plan_for(&["NVIDIA_VISIBLE_DEVICES=0"], &c, Layout::Debian).unwrap();
+        assert!(p.cgroup_rules.is_empty());
+        assert_eq!(p.ldcache, None);
+    }
+
+    #[test]
+    fn errors_name_what_is_wrong() {
+        let c = Config::default();
+        for (env, needle) in [
+            (
+                &["NVIDIA_VISIBLE_DEVICES=7"][..],
+                "GPU 7 is not on this node",
+            ),
+            (
+                &["NVIDIA_VISIBLE_DEVICES=GPU-00000000-0000-0000-0000-000000000009"],
+                "is not on this node",
+            ),
+            (
+                &["NVIDIA_VISIBLE_DEVICES=MIG-00000000-0000-0000-0000-000000000009"],
+                "MIG",
+            ),
+            (
+                &["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_REQUIRE_CUDA=cuda>=13.0"],
+                "unsatisfied condition: cuda>=13.0",
+            ),
+            (
+                &["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_REQUIRE_ARCH=arch>=10.0"],
+                "unsatisfied condition: arch>=10.0",
+            ),
+            (&["GRES_OCI_GPUS=minor:9"], "minor:9"),
+        ] {
+            let e = plan_for(env, &c, Layout::Debian).unwrap_err().to_string();
+            assert!(e.contains(needle), "{env:?}: {e}");
+        }
+        // A requirement that holds, and one switched off by the image.
+        plan_for(
+            &["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_REQUIRE_CUDA=cuda>=12.0"],
+            &c,
+            Layout::Debian,
+        )
+        .unwrap();
+        plan_for(
+            &[
+                "NVIDIA_VISIBLE_DEVICES=0",
+                "NVIDIA_REQUIRE_CUDA=cuda>=13.0",
+                "NVIDIA_DISABLE_REQUIRE=true",
+            ],
+            &c,
+            Layout::Debian,
+        )
+        .unwrap();
+        // The host lacks a selected GPU's node.
+        let env: Vec<String> = vec!["NVIDIA_VISIBLE_DEVICES=0".into()];
+        let map = env_map(&env).unwrap();
+        let request = Request::from_env(&map, &c).unwrap().unwrap();
+        let (inv, drv) = (inventory(), driver());
+        let mut dev = devices();
+        dev.remove("nvidia2");
+        let e = plan(&Inputs {
+            container_id: "c1",
+            rootfs: Path::new("/r"),
+            layout: Layout::Debian,
+            request: &request,
+            inventory: &inv,
+            driver: &drv,
+            devices: &dev,
+            config: &c,
+        })
+        .unwrap_err()
+        .to_string();
+        assert_eq!(e, "device node nvidia2 not found under /dev");
+    }
 }

@@ -114,7 +114,10 @@ impl Request {
     ///
     /// # Errors
     /// Malformed values in any of the variables.
-    pub fn from_env(env: &BTreeMap<&str, &str>, config: &Config) -> Result<Option<Request>, RequestError> {
+    pub fn from_env(
+        env: &BTreeMap<&str, &str>,
+        config: &Config,
+    ) -> Result<Option<Request>, RequestError> {
         let legacy = is_legacy_image(
             env.get("CUDA_VERSION").copied(),
             env.get("NVIDIA_REQUIRE_CUDA").copied(),
@@ -134,10 +137,12 @@ impl Request {
                     _ => Devices::Physical(ids),
                 }
             }
-            None => match parse_visible_devices(env.get("NVIDIA_VISIBLE_DEVICES").copied(), legacy)? {
-                None => return Ok(None),
-                Some(r) => Devices::Nvidia(r),
-            },
+            None => {
+                match parse_visible_devices(env.get("NVIDIA_VISIBLE_DEVICES").copied(), legacy)? {
+                    None => return Ok(None),
+                    Some(r) => Devices::Nvidia(r),
+                }
+            }
         };
         let capabilities = parse_capabilities(
             env.get("NVIDIA_DRIVER_CAPABILITIES").copied(),
@@ -195,7 +200,9 @@ impl Request {
                 for id in ids {
                     let g = match id {
                         DeviceId::Index(i) => inv.gpus.get(*i as usize),
-                        DeviceId::GpuUuid(u) => inv.gpus.iter().find(|g| g.uuid.as_deref() == Some(u)),
+                        DeviceId::GpuUuid(u) => {
+                            inv.gpus.iter().find(|g| g.uuid.as_deref() == Some(u))
+                        }
                         DeviceId::PciBusId(b) => inv.gpus.iter().find(|g| &g.pci_bus_id == b),
                         DeviceId::MigUuid(u) => return Err(RequestError::Mig(u.clone())),
                         DeviceId::MigIndex { gpu, mig } => {
@@ -223,5 +230,67 @@ fn device_id_text(id: &DeviceId) -> String {
         DeviceId::Index(i) => i.to_string(),
         DeviceId::GpuUuid(u) | DeviceId::MigUuid(u) | DeviceId::PciBusId(u) => u.clone(),
         DeviceId::MigIndex { gpu, mig } => format!("{gpu}:{mig}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(env: &[&str]) -> Result<Option<Request>, RequestError> {
+        let env: Vec<String> = env.iter().map(|s| s.to_string()).collect();
+        Request::from_env(&env_map(&env)?, &Config::default())
+    }
+
+    #[test]
+    fn which_containers_are_gpu_containers() {
+        assert!(req(&[]).unwrap().is_none());
+        assert!(req(&["NVIDIA_VISIBLE_DEVICES="]).unwrap().is_none());
+        assert!(req(&["NVIDIA_VISIBLE_DEVICES=void"]).unwrap().is_none());
+        assert!(req(&["GRES_OCI_GPUS="]).unwrap().is_none());
+        // A legacy CUDA image without NVIDIA_VISIBLE_DEVICES gets all GPUs, NVIDIA's rule.
+        let r = req(&["CUDA_VERSION=11.0.3"]).unwrap().unwrap();
+        assert_eq!(r.devices, Devices::Nvidia(DeviceRequest::All));
+        assert_eq!(r.requirements.len(), 1);
+        let r = req(&["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_VISIBLE_DEVICES=all"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            r.devices,
+            Devices::Nvidia(DeviceRequest::All),
+            "later duplicates win"
+        );
+        let r =
+            req(&["GRES_OCI_GPUS=GPU-3F9A2C1E-7b44-5d0e-9a1b-2c3d4e5f6a7b, 0000:1b:00.0,minor:3"])
+                .unwrap()
+                .unwrap();
+        assert_eq!(
+            r.devices,
+            Devices::Physical(vec![
+                PhysicalId::Uuid("GPU-3f9a2c1e-7b44-5d0e-9a1b-2c3d4e5f6a7b".into()),
+                PhysicalId::PciBusId("00000000:1b:00.0".into()),
+                PhysicalId::Minor(3),
+            ])
+        );
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        for (env, needle) in [
+            (
+                &[
+                    "NVIDIA_VISIBLE_DEVICES=0",
+                    "NVIDIA_DRIVER_CAPABILITIES=compute,bogus",
+                ][..],
+                "bogus",
+            ),
+            (&["GRES_OCI_GPUS=minor:x"], "minor:x"),
+            (&["GRES_OCI_GPUS=GPU-12"], "GPU-12"),
+            (&["NVIDIA_VISIBLE_DEVICES=gpu0"], "gpu0"),
+            (&["NOEQUALS"], "NOEQUALS"),
+        ] {
+            let e = req(env).unwrap_err().to_string();
+            assert!(e.contains(needle), "{env:?}: {e}");
+        }
     }
 }

@@ -879,7 +879,7 @@ fn cuda_major_minor(v: &str) -> Option<String> {
 
 /// NVIDIA's legacy-image rule: CUDA_VERSION non-empty and NVIDIA_REQUIRE_CUDA unset/empty.
 pub fn is_legacy_image(cuda_version: Option<&str>, require_cuda: Option<&str>) -> bool {
-    cuda_version.is_some_and(|v| !v.is_empty()) && require_cuda.map_or(true, str::is_empty)
+    cuda_version.is_some_and(|v| !v.is_empty()) && require_cuda.is_none_or(str::is_empty)
 }
 
 /// Go strconv.ParseBool truth for NVIDIA_DISABLE_REQUIRE ("1 t T TRUE true True").

@@ -68,7 +68,10 @@ impl Case<'_> {
             readonly: self.readonly,
             debian: self.debian,
             hook_config: Some(&self.node.config()),
-            binds: vec![(self.node.dev(), "/hostdev"), (out.path().to_owned(), "/out")],
+            binds: vec![
+                (self.node.dev(), "/hostdev"),
+                (out.path().to_owned(), "/out"),
+            ],
         });
         (b, out)
     }
@@ -76,7 +79,13 @@ impl Case<'_> {
     fn run(&self, rt: Runtime) -> (Seen, tempfile::TempDir) {
         let (b, out) = self.bundle();
         let o = b.run(rt);
-        assert!(o.status.success(), "{} {:?}: {}", rt.name(), self.env, text(&o));
+        assert!(
+            o.status.success(),
+            "{} {:?}: {}",
+            rt.name(),
+            self.env,
+            text(&o)
+        );
         let s = String::from_utf8_lossy(&o.stdout);
         assert!(s.contains("probe-done"), "{}", text(&o));
         (
@@ -117,24 +126,44 @@ fn each_visible_devices_form_gets_exactly_its_gpus() {
         for (nvd, gpus) in cases {
             let env = [format!("NVIDIA_VISIBLE_DEVICES={nvd}")];
             let env: Vec<&str> = env.iter().map(String::as_str).collect();
-            let (seen, _out) = Case { node: &node, env: &env, readonly: false, debian: true }.run(rt);
+            let (seen, _out) = Case {
+                node: &node,
+                env: &env,
+                readonly: false,
+                debian: true,
+            }
+            .run(rt);
             let mut want = set(gpus);
             want.extend(control.iter().map(|s| s.to_string()));
-            assert_eq!(seen.nodes(), want, "{} NVIDIA_VISIBLE_DEVICES={nvd}", rt.name());
+            assert_eq!(
+                seen.nodes(),
+                want,
+                "{} NVIDIA_VISIBLE_DEVICES={nvd}",
+                rt.name()
+            );
             // The device cgroup: the container's own nodes open to ENXIO (allowed, no driver),
             // the host's other GPU nodes to EPERM.
             for m in 0..4 {
                 let name = format!("nvidia{m}");
                 let host = seen.open(&format!("/hostdev/{name}"));
                 if gpus.contains(&name.as_str()) {
-                    assert!(host.contains(ENXIO) && host.contains("No such device or address"), "{nvd}: {name}: {host}");
+                    assert!(
+                        host.contains(ENXIO) && host.contains("No such device or address"),
+                        "{nvd}: {name}: {host}"
+                    );
                     let own = seen.open(&format!("/dev/{name}"));
                     assert!(own.contains("No such device or address"), "{nvd}: {own}");
                 } else {
-                    assert!(host.contains("Operation not permitted"), "{} {nvd}: {name} should be denied: {host}", rt.name());
+                    assert!(
+                        host.contains("Operation not permitted"),
+                        "{} {nvd}: {name} should be denied: {host}",
+                        rt.name()
+                    );
                 }
             }
-            assert!(seen.open("/dev/nvidiactl").contains("No such device or address"));
+            assert!(seen
+                .open("/dev/nvidiactl")
+                .contains("No such device or address"));
         }
     }
 }
@@ -142,8 +171,18 @@ fn each_visible_devices_form_gets_exactly_its_gpus() {
 #[test]
 fn non_gpu_containers_are_left_untouched() {
     let node = setup();
-    for env in [&[][..], &["NVIDIA_VISIBLE_DEVICES="], &["NVIDIA_VISIBLE_DEVICES=void"], &["NVIDIA_VISIBLE_DEVICES=void,0"]] {
-        let case = Case { node: &node, env, readonly: false, debian: true };
+    for env in [
+        &[][..],
+        &["NVIDIA_VISIBLE_DEVICES="],
+        &["NVIDIA_VISIBLE_DEVICES=void"],
+        &["NVIDIA_VISIBLE_DEVICES=void,0"],
+    ] {
+        let case = Case {
+            node: &node,
+            env,
+            readonly: false,
+            debian: true,
+        };
         let (b, _out) = case.bundle();
         let before = tree(&b.rootfs());
         let o = b.run(Runtime::Runc);
@@ -152,8 +191,15 @@ fn non_gpu_containers_are_left_untouched() {
         assert!(!s.contains("node /dev/nvidia"), "{env:?}: {s}");
         assert!(!s.contains("libcuda"), "{env:?}: {s}");
         let after = tree(&b.rootfs());
-        let changed: Vec<_> = after.iter().filter(|l| !before.contains(l)).chain(before.iter().filter(|l| !after.contains(l))).collect();
-        assert!(changed.is_empty(), "{env:?}: the rootfs changed on disk: {changed:?}");
+        let changed: Vec<_> = after
+            .iter()
+            .filter(|l| !before.contains(l))
+            .chain(before.iter().filter(|l| !after.contains(l)))
+            .collect();
+        assert!(
+            changed.is_empty(),
+            "{env:?}: the rootfs changed on disk: {changed:?}"
+        );
     }
 }
 
@@ -173,17 +219,32 @@ fn check_driver_files(seen: &Seen, libdir: &str, version: &str) {
     }
     for l in &seen.lines {
         // Not asked for (video, graphics), another driver's leftover, or not a driver library.
-        for bad in ["libnvidia-encode", "libnvidia-glcore", "libcuda.so.470", "libcudart"] {
+        for bad in [
+            "libnvidia-encode",
+            "libnvidia-glcore",
+            "libcuda.so.470",
+            "libcudart",
+        ] {
             assert!(!l.contains(bad), "unexpected {l}");
         }
     }
 }
 
 fn check_ldcache(out: &Path, libdir: &str) {
-    let cache = gres_oci::ldcache::LdCache::read(&out.join("ld.so.cache")).expect("the container has a linker cache");
-    let find = |k: &str| cache.entries.iter().find(|e| e.key == k).map(|e| e.value.clone());
+    let cache = gres_oci::ldcache::LdCache::read(&out.join("ld.so.cache"))
+        .expect("the container has a linker cache");
+    let find = |k: &str| {
+        cache
+            .entries
+            .iter()
+            .find(|e| e.key == k)
+            .map(|e| e.value.clone())
+    };
     assert_eq!(find("libcuda.so.1"), Some(format!("{libdir}/libcuda.so.1")));
-    assert_eq!(find("libnvidia-ml.so.1"), Some(format!("{libdir}/libnvidia-ml.so.1")));
+    assert_eq!(
+        find("libnvidia-ml.so.1"),
+        Some(format!("{libdir}/libnvidia-ml.so.1"))
+    );
 }
 
 #[test]
@@ -191,7 +252,13 @@ fn driver_libraries_links_binaries_and_linker_cache() {
     let node = setup();
     for rt in [Runtime::Runc, Runtime::Crun] {
         let env = ["NVIDIA_VISIBLE_DEVICES=0"];
-        let (seen, out) = Case { node: &node, env: &env, readonly: false, debian: true }.run(rt);
+        let (seen, out) = Case {
+            node: &node,
+            env: &env,
+            readonly: false,
+            debian: true,
+        }
+        .run(rt);
         check_driver_files(&seen, "/usr/lib/x86_64-linux-gnu", "550.54.15");
         check_ldcache(out.path(), "/usr/lib/x86_64-linux-gnu");
     }
@@ -205,10 +272,20 @@ fn rhel_layout_and_another_driver_version() {
     let node = FakeNode::new(&["--driver", "570.86.15", "--layout", "rhel"]);
     for rt in [Runtime::Runc, Runtime::Crun] {
         let env = ["NVIDIA_VISIBLE_DEVICES=all"];
-        let (seen, out) = Case { node: &node, env: &env, readonly: false, debian: false }.run(rt);
+        let (seen, out) = Case {
+            node: &node,
+            env: &env,
+            readonly: false,
+            debian: false,
+        }
+        .run(rt);
         check_driver_files(&seen, "/usr/lib64", "570.86.15");
         check_ldcache(out.path(), "/usr/lib64");
-        assert!(!seen.lines.iter().any(|l| l.contains("x86_64-linux-gnu")), "{:#?}", seen.lines);
+        assert!(
+            !seen.lines.iter().any(|l| l.contains("x86_64-linux-gnu")),
+            "{:#?}",
+            seen.lines
+        );
     }
 }
 
@@ -217,17 +294,28 @@ fn read_only_rootfs() {
     let node = setup();
     for rt in [Runtime::Runc, Runtime::Crun] {
         let env = ["NVIDIA_VISIBLE_DEVICES=1"];
-        let case = Case { node: &node, env: &env, readonly: true, debian: true };
+        let case = Case {
+            node: &node,
+            env: &env,
+            readonly: true,
+            debian: true,
+        };
         let (b, out) = case.bundle();
         let mut spec = b.spec.clone();
         let script = format!("{PROBE}\nif touch /probe-write 2>/dev/null; then echo rootfs-writable; else echo rootfs-readonly; fi");
         spec["process"]["args"] = serde_json::json!(["/bin/sh", "-c", script]);
-        std::fs::write(b.path().join("config.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
+        std::fs::write(
+            b.path().join("config.json"),
+            serde_json::to_vec(&spec).unwrap(),
+        )
+        .unwrap();
         let o = b.run(rt);
         assert!(o.status.success(), "{}", text(&o));
         let s = String::from_utf8_lossy(&o.stdout);
         assert!(s.contains("rootfs-readonly"), "{s}");
-        let seen = Seen { lines: s.lines().map(str::to_owned).collect() };
+        let seen = Seen {
+            lines: s.lines().map(str::to_owned).collect(),
+        };
         assert!(seen.nodes().contains("nvidia0"), "{s}");
         check_driver_files(&seen, "/usr/lib/x86_64-linux-gnu", "550.54.15");
         check_ldcache(out.path(), "/usr/lib/x86_64-linux-gnu");
@@ -237,9 +325,22 @@ fn read_only_rootfs() {
 #[test]
 fn plugin_variable_names_physical_gpus_and_wins() {
     let node = setup();
-    let env = ["NVIDIA_VISIBLE_DEVICES=all", "GRES_OCI_GPUS=minor:3,GPU-3f9a2c1e-7b44-5d0e-9a1b-2c3d4e5f6a71"];
-    let (seen, _out) = Case { node: &node, env: &env, readonly: false, debian: true }.run(Runtime::Runc);
-    let gpus: BTreeSet<_> = seen.nodes().into_iter().filter(|n| n.starts_with("nvidia") && n[6..].parse::<u32>().is_ok()).collect();
+    let env = [
+        "NVIDIA_VISIBLE_DEVICES=all",
+        "GRES_OCI_GPUS=minor:3,GPU-3f9a2c1e-7b44-5d0e-9a1b-2c3d4e5f6a71",
+    ];
+    let (seen, _out) = Case {
+        node: &node,
+        env: &env,
+        readonly: false,
+        debian: true,
+    }
+    .run(Runtime::Runc);
+    let gpus: BTreeSet<_> = seen
+        .nodes()
+        .into_iter()
+        .filter(|n| n.starts_with("nvidia") && n[6..].parse::<u32>().is_ok())
+        .collect();
     assert_eq!(gpus, set(&["nvidia0", "nvidia3"]));
 }
 
@@ -248,7 +349,13 @@ fn requirements_use_nvml_and_stop_the_container() {
     let node = setup();
     for rt in [Runtime::Runc, Runtime::Crun] {
         let env = ["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_REQUIRE_CUDA=cuda>=13.0"];
-        let (b, _out) = Case { node: &node, env: &env, readonly: false, debian: true }.bundle();
+        let (b, _out) = Case {
+            node: &node,
+            env: &env,
+            readonly: false,
+            debian: true,
+        }
+        .bundle();
         let o = b.run(rt);
         assert!(!o.status.success(), "{}", text(&o));
         // runc shows the hook's stderr; crun discards it (unless annotated), so the log has it.
@@ -256,11 +363,24 @@ fn requirements_use_nvml_and_stop_the_container() {
             Runtime::Runc => String::from_utf8_lossy(&o.stderr).into_owned(),
             Runtime::Crun => node.log(),
         };
-        assert!(err.contains("unsatisfied condition: cuda>=13.0"), "{}\n{err}", text(&o));
+        assert!(
+            err.contains("unsatisfied condition: cuda>=13.0"),
+            "{}\n{err}",
+            text(&o)
+        );
         assert!(!String::from_utf8_lossy(&o.stdout).contains("probe-done"));
         // The fake NVML reports CUDA 12.4: a satisfiable requirement passes.
-        let env = ["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_REQUIRE_CUDA=cuda>=12.0 brand=tesla"];
-        let (seen, _out) = Case { node: &node, env: &env, readonly: false, debian: true }.run(rt);
+        let env = [
+            "NVIDIA_VISIBLE_DEVICES=0",
+            "NVIDIA_REQUIRE_CUDA=cuda>=12.0 brand=tesla",
+        ];
+        let (seen, _out) = Case {
+            node: &node,
+            env: &env,
+            readonly: false,
+            debian: true,
+        }
+        .run(rt);
         assert!(seen.nodes().contains("nvidia2"));
     }
     assert!(node.log().contains("inventory=Nvml"), "{}", node.log());
@@ -291,7 +411,10 @@ fn hook_command_line_contract() {
     for (stdin, needle) in [
         (&b"garbage"[..], "not valid JSON"),
         (br#"{"id":"x","pid":1}"#, "no bundle"),
-        (br#"{"id":"x","pid":1,"bundle":"/nonexistent"}"#, "/nonexistent/config.json"),
+        (
+            br#"{"id":"x","pid":1,"bundle":"/nonexistent"}"#,
+            "/nonexistent/config.json",
+        ),
     ] {
         let o = hook(&[&cfg, "prestart"], stdin);
         assert_eq!(o.status.code(), Some(1), "{}", text(&o));
@@ -309,16 +432,45 @@ fn hook_command_line_contract() {
     let state = format!(r#"{{"id":"x","pid":1,"bundle":"{}"}}"#, b.path().display());
     let o = hook(&[&cfg, "prestart"], state.as_bytes());
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("config.json"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("config.json"),
+        "{}",
+        text(&o)
+    );
 
     // plan prints every edit as JSON and changes nothing.
-    let b = Bundle::new(BundleOpts { env: &["NVIDIA_VISIBLE_DEVICES=2"], ..Default::default() });
+    let b = Bundle::new(BundleOpts {
+        env: &["NVIDIA_VISIBLE_DEVICES=2"],
+        ..Default::default()
+    });
     let before = tree(&b.rootfs());
-    let o = hook(&["plan", "--bundle", b.path().to_str().unwrap(), "--config", node.config().to_str().unwrap()], b"");
+    let o = hook(
+        &[
+            "plan",
+            "--bundle",
+            b.path().to_str().unwrap(),
+            "--config",
+            node.config().to_str().unwrap(),
+        ],
+        b"",
+    );
     assert!(o.status.success(), "{}", text(&o));
     let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let nodes: Vec<&str> = plan["device_nodes"].as_array().unwrap().iter().map(|d| d["path"].as_str().unwrap()).collect();
-    assert_eq!(nodes, ["/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia3", "/dev/nvidiactl"]);
+    let nodes: Vec<&str> = plan["device_nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        nodes,
+        [
+            "/dev/nvidia-uvm",
+            "/dev/nvidia-uvm-tools",
+            "/dev/nvidia3",
+            "/dev/nvidiactl"
+        ]
+    );
     assert_eq!(plan["inventory"], "procfs");
     assert_eq!(before, tree(&b.rootfs()));
 
@@ -331,7 +483,14 @@ fn hook_command_line_contract() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|g| (g["index"].as_u64().unwrap(), g["minor"].as_u64().unwrap(), g["uuid"].to_string(), g["pci_bus_id"].to_string()))
+            .map(|g| {
+                (
+                    g["index"].as_u64().unwrap(),
+                    g["minor"].as_u64().unwrap(),
+                    g["uuid"].to_string(),
+                    g["pci_bus_id"].to_string(),
+                )
+            })
             .collect();
         (v["inventory"]["driver_version"].clone(), gpus, v)
     };
@@ -342,5 +501,9 @@ fn hook_command_line_contract() {
     assert_eq!(gpus_p.len(), 4);
     assert_eq!(v["inventory"]["cuda_version"], "12.4");
     let text_out = hook(&[&cfg, "info"], b"");
-    assert!(String::from_utf8_lossy(&text_out.stdout).contains("GPU 0: minor 2"), "{}", text(&text_out));
+    assert!(
+        String::from_utf8_lossy(&text_out.stdout).contains("GPU 0: minor 2"),
+        "{}",
+        text(&text_out)
+    );
 }

@@ -120,7 +120,11 @@ impl RealSys {
     /// Opens `rel` (relative to the rootfs) as if the rootfs were `/`: symlinks in the image,
     /// absolute or `..`, cannot leave it (openat2 RESOLVE_IN_ROOT, CVE-2024-0132).
     fn open_in_root(&self, rel: &Path, flags: OFlags) -> rustix::io::Result<OwnedFd> {
-        let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
+        let rel = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel
+        };
         rustix::fs::openat2(
             &self.root,
             rel,
@@ -152,7 +156,9 @@ impl RealSys {
     /// used as is (resolved inside the rootfs), never replaced.
     fn target(&self, target: &Path, kind: Kind) -> Result<OwnedFd> {
         let rel = relative(target)?;
-        let name = rel.file_name().with_context(|| format!("{}: no file name", target.display()))?;
+        let name = rel
+            .file_name()
+            .with_context(|| format!("{}: no file name", target.display()))?;
         let parent = self.dir(rel.parent().unwrap_or(Path::new("")))?;
         let created = match kind {
             Kind::Dir => rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o755)),
@@ -172,7 +178,8 @@ impl RealSys {
             .open_in_root(&rel, OFlags::PATH)
             .with_context(|| format!("{}: cannot open mount target", target.display()))?;
         let st = rustix::fs::fstat(&fd)?;
-        let is_dir = rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory;
+        let is_dir =
+            rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory;
         if is_dir != (kind == Kind::Dir) {
             bail!(
                 "{}: the image has a {} here",
@@ -184,7 +191,8 @@ impl RealSys {
     }
 
     fn mount_at(&self, tree: OwnedFd, target: BorrowedFd, attrs: Attrs, what: &Path) -> Result<()> {
-        mount_setattr(tree.as_fd(), attrs).with_context(|| format!("{}: setting mount flags", what.display()))?;
+        mount_setattr(tree.as_fd(), attrs)
+            .with_context(|| format!("{}: setting mount flags", what.display()))?;
         rustix::mount::move_mount(
             &tree,
             "",
@@ -236,7 +244,8 @@ impl Sys for RealSys {
     fn bind(&mut self, source: &Path, target: &Path, kind: Kind, attrs: Attrs) -> Result<()> {
         if kind == Kind::Device {
             use std::os::unix::fs::FileTypeExt;
-            let m = std::fs::metadata(source).with_context(|| format!("{}: cannot stat", source.display()))?;
+            let m = std::fs::metadata(source)
+                .with_context(|| format!("{}: cannot stat", source.display()))?;
             if !m.file_type().is_char_device() {
                 bail!("{}: invalid device node", source.display());
             }
@@ -253,7 +262,9 @@ impl Sys for RealSys {
 
     fn symlink(&mut self, path: &Path, target: &Path) -> Result<bool> {
         let rel = relative(path)?;
-        let name = rel.file_name().with_context(|| format!("{}: no file name", path.display()))?;
+        let name = rel
+            .file_name()
+            .with_context(|| format!("{}: no file name", path.display()))?;
         let parent = self.dir(rel.parent().unwrap_or(Path::new("")))?;
         match rustix::fs::symlinkat(target, &parent, name) {
             Ok(()) => Ok(true),
@@ -277,7 +288,8 @@ impl Sys for RealSys {
             OsStr::new(LDCACHE_TMP),
         ];
         args.extend(dirs.iter().map(|d| d.as_os_str()));
-        crate::ns::run_helper(fd.as_fd(), &args).with_context(|| format!("ldcache error: {}", ldconfig.display()))?;
+        crate::ns::run_helper(fd.as_fd(), &args)
+            .with_context(|| format!("ldcache error: {}", ldconfig.display()))?;
         // Put the new cache over the image's; the image's file on disk stays as it was.
         let tmp_rel = relative(Path::new(LDCACHE_TMP))?;
         let src = self
@@ -286,7 +298,9 @@ impl Sys for RealSys {
         let tree = rustix::mount::open_tree(
             &src,
             "",
-            OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_EMPTY_PATH,
+            OpenTreeFlags::OPEN_TREE_CLONE
+                | OpenTreeFlags::OPEN_TREE_CLOEXEC
+                | OpenTreeFlags::AT_EMPTY_PATH,
         )
         .context("cloning the new linker cache")?;
         let target = Path::new("/etc/ld.so.cache");
@@ -313,15 +327,22 @@ mod tests {
 
     impl Sys for Recorder {
         fn bind(&mut self, source: &Path, target: &Path, kind: Kind, attrs: Attrs) -> Result<()> {
-            self.0.push(format!("bind {kind:?} {} {} {:#x}", source.display(), target.display(), attrs.0));
+            self.0.push(format!(
+                "bind {kind:?} {} {} {:#x}",
+                source.display(),
+                target.display(),
+                attrs.0
+            ));
             Ok(())
         }
         fn symlink(&mut self, path: &Path, target: &Path) -> Result<bool> {
-            self.0.push(format!("link {} {}", path.display(), target.display()));
+            self.0
+                .push(format!("link {} {}", path.display(), target.display()));
             Ok(true)
         }
         fn ldconfig(&mut self, ldconfig: &Path, dirs: &[PathBuf]) -> Result<()> {
-            self.0.push(format!("ldconfig {} {:?}", ldconfig.display(), dirs));
+            self.0
+                .push(format!("ldconfig {} {:?}", ldconfig.display(), dirs));
             bail!("boom")
         }
     }
@@ -329,12 +350,32 @@ mod tests {
     #[test]
     fn interpreter_maps_ops_to_calls_and_stops_on_error() {
         let ops = vec![
-            Op::BindDevice { source: "/h/nvidia0".into(), target: "/dev/nvidia0".into() },
-            Op::BindFile { source: "/d/libcuda.so.1.2".into(), target: "/usr/lib64/libcuda.so.1.2".into(), kind: MountKind::ReadOnly },
-            Op::BindDir { source: "/d/mps".into(), target: "/tmp/nvidia-mps".into(), kind: MountKind::Ipc },
-            Op::Symlink { path: "/usr/lib64/libcuda.so.1".into(), target: "libcuda.so.1.2".into() },
-            Op::Ldconfig { ldconfig: "/sbin/ldconfig".into(), dirs: vec!["/usr/lib64".into()] },
-            Op::Symlink { path: "/never".into(), target: "x".into() },
+            Op::BindDevice {
+                source: "/h/nvidia0".into(),
+                target: "/dev/nvidia0".into(),
+            },
+            Op::BindFile {
+                source: "/d/libcuda.so.1.2".into(),
+                target: "/usr/lib64/libcuda.so.1.2".into(),
+                kind: MountKind::ReadOnly,
+            },
+            Op::BindDir {
+                source: "/d/mps".into(),
+                target: "/tmp/nvidia-mps".into(),
+                kind: MountKind::Ipc,
+            },
+            Op::Symlink {
+                path: "/usr/lib64/libcuda.so.1".into(),
+                target: "libcuda.so.1.2".into(),
+            },
+            Op::Ldconfig {
+                ldconfig: "/sbin/ldconfig".into(),
+                dirs: vec!["/usr/lib64".into()],
+            },
+            Op::Symlink {
+                path: "/never".into(),
+                target: "x".into(),
+            },
         ];
         let mut r = Recorder::default();
         let err = execute(&ops, &mut r).unwrap_err();
@@ -353,7 +394,10 @@ mod tests {
 
     #[test]
     fn container_paths_reject_dotdot() {
-        assert_eq!(relative(Path::new("/usr/lib")).unwrap(), PathBuf::from("usr/lib"));
+        assert_eq!(
+            relative(Path::new("/usr/lib")).unwrap(),
+            PathBuf::from("usr/lib")
+        );
         assert!(relative(Path::new("/usr/../../etc")).is_err());
     }
 }

@@ -26,7 +26,9 @@ pub fn locate(cgroup_file: &str, mountinfo: &str) -> Result<DeviceCgroup> {
         return Ok(DeviceCgroup::V2);
     };
     for line in mountinfo.lines() {
-        let Some((pre, post)) = line.split_once(" - ") else { continue };
+        let Some((pre, post)) = line.split_once(" - ") else {
+            continue;
+        };
         let pre: Vec<&str> = pre.split(' ').collect();
         let post: Vec<&str> = post.split(' ').collect();
         if pre.len() < 5 || post.len() < 3 || post[0] != "cgroup" {
@@ -68,7 +70,10 @@ pub fn check_v2(rules: &[CgroupRule], bundle_rules: &[LinuxDeviceCgroup]) -> Res
     for r in rules {
         let mut allowed = false;
         for b in bundle_rules {
-            let typ_ok = matches!(b.typ(), None | Some(LinuxDeviceType::A) | Some(LinuxDeviceType::C));
+            let typ_ok = matches!(
+                b.typ(),
+                None | Some(LinuxDeviceType::A) | Some(LinuxDeviceType::C)
+            );
             let maj_ok = b.major().is_none_or(|m| m < 0 || m == r.major as i64);
             let min_ok = b.minor().is_none_or(|m| m < 0 || m == r.minor as i64);
             let access = b.access().as_deref().unwrap_or("rwm");
@@ -122,12 +127,31 @@ mod tests {
             }))
             .unwrap()
         };
-        let want = [CgroupRule { major: 195, minor: 0 }];
+        let want = [CgroupRule {
+            major: 195,
+            minor: 0,
+        }];
         assert!(check_v2(&want, &[]).is_err());
-        assert!(check_v2(&want, &[rule(false, None, None, "rwm"), rule(true, Some(195), None, "rw")]).is_ok());
-        assert!(check_v2(&want, &[rule(true, Some(195), None, "rw"), rule(false, Some(195), Some(0), "rwm")]).is_err());
+        assert!(check_v2(
+            &want,
+            &[
+                rule(false, None, None, "rwm"),
+                rule(true, Some(195), None, "rw")
+            ]
+        )
+        .is_ok());
+        assert!(check_v2(
+            &want,
+            &[
+                rule(true, Some(195), None, "rw"),
+                rule(false, Some(195), Some(0), "rwm")
+            ]
+        )
+        .is_err());
         assert!(check_v2(&want, &[rule(true, Some(195), Some(1), "rw")]).is_err());
-        let e = check_v2(&want, &[rule(true, Some(195), Some(0), "r")]).unwrap_err().to_string();
+        let e = check_v2(&want, &[rule(true, Some(195), Some(0), "r")])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("195:0") && e.contains("no-cgroups"), "{e}");
     }
 }

@@ -68,17 +68,21 @@ pub fn inventory(config: &Config, cache: &LdCache, request: Option<&Request>) ->
 /// Whether the image is laid out the Debian way, read inside the rootfs without following
 /// links out of it.
 fn layout(rootfs: &Path) -> Layout {
-    let found = rustix::fs::open(rootfs, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .and_then(|root| {
-            rustix::fs::openat2(
-                &root,
-                "etc/debian_version",
-                OFlags::PATH | OFlags::CLOEXEC,
-                Mode::empty(),
-                ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-            )
-        })
-        .is_ok();
+    let found = rustix::fs::open(
+        rootfs,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .and_then(|root| {
+        rustix::fs::openat2(
+            &root,
+            "etc/debian_version",
+            OFlags::PATH | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+        )
+    })
+    .is_ok();
     if found {
         Layout::Debian
     } else {

@@ -68,7 +68,9 @@ fn parse_args(argv: &[String]) -> Result<Option<Args>> {
                     Some(v) => v,
                     None => {
                         i += 1;
-                        argv.get(i).cloned().context("flag needs an argument: -config")?
+                        argv.get(i)
+                            .cloned()
+                            .context("flag needs an argument: -config")?
                     }
                 };
                 a.config = Some(PathBuf::from(v));
@@ -103,7 +105,11 @@ fn sub_flag(rest: &[String], name: &str) -> Result<Option<String>> {
                 return Ok(Some(v.to_owned()));
             }
             if a == name {
-                return rest.get(i + 1).cloned().map(Some).with_context(|| format!("--{name} needs a value"));
+                return rest
+                    .get(i + 1)
+                    .cloned()
+                    .map(Some)
+                    .with_context(|| format!("--{name} needs a value"));
             }
         }
         i += 1;
@@ -112,7 +118,8 @@ fn sub_flag(rest: &[String], name: &str) -> Result<Option<String>> {
 }
 
 fn has_flag(rest: &[String], name: &str) -> bool {
-    rest.iter().any(|a| a.starts_with('-') && a.trim_start_matches('-') == name)
+    rest.iter()
+        .any(|a| a.starts_with('-') && a.trim_start_matches('-') == name)
 }
 
 fn init_logging(config: &Config, debug: bool) {
@@ -125,9 +132,16 @@ fn init_logging(config: &Config, debug: bool) {
     // One O_APPEND handle: each event is written with a single write(2), so lines from
     // concurrent hooks do not interleave. A log that cannot be opened never stops the hook.
     let file = config.log_file.as_ref().and_then(|p| {
-        std::fs::OpenOptions::new().create(true).append(true).open(p).ok()
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .ok()
     });
-    let builder = tracing_subscriber::fmt().with_ansi(false).with_target(false).with_max_level(level);
+    let builder = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_target(false)
+        .with_max_level(level);
     let _ = match (file, debug) {
         (Some(f), true) => builder
             .with_writer(std::sync::Mutex::new(f).and(std::io::stderr))
@@ -166,7 +180,11 @@ fn run(argv: &[String]) -> Result<()> {
             prestart(&config)
         }
         "plan" => {
-            let config = Config::load(args.config.as_deref().or(sub_flag(&args.rest, "config")?.as_deref().map(Path::new)))?;
+            let config = Config::load(
+                args.config
+                    .as_deref()
+                    .or(sub_flag(&args.rest, "config")?.as_deref().map(Path::new)),
+            )?;
             init_logging(&config, args.debug);
             let bundle = sub_flag(&args.rest, "bundle")?.context("plan needs --bundle DIR")?;
             let b = state::Bundle::load(Path::new(&bundle))?;
@@ -175,9 +193,17 @@ fn run(argv: &[String]) -> Result<()> {
             Ok(())
         }
         "info" => {
-            let config = Config::load(args.config.as_deref().or(sub_flag(&args.rest, "config")?.as_deref().map(Path::new)))?;
+            let config = Config::load(
+                args.config
+                    .as_deref()
+                    .or(sub_flag(&args.rest, "config")?.as_deref().map(Path::new)),
+            )?;
             init_logging(&config, args.debug);
-            info(&config, sub_flag(&args.rest, "source")?.as_deref(), has_flag(&args.rest, "json"))
+            info(
+                &config,
+                sub_flag(&args.rest, "source")?.as_deref(),
+                has_flag(&args.rest, "json"),
+            )
         }
         // Every other stage is a no-op, so one hook entry can be listed for several stages.
         _ => Ok(()),
@@ -235,7 +261,11 @@ fn apply_plan(config: &Config, plan: &Plan, pid: i32, bundle: &state::Bundle) ->
         (Ldconfig::Host(p), Some(_)) => {
             // Ubuntu's /sbin/ldconfig is a shell wrapper around ldconfig.real.
             let real = PathBuf::from(format!("{}.real", p.display()));
-            let p = if p == Path::new("/sbin/ldconfig") && real.exists() { real } else { p.clone() };
+            let p = if p == Path::new("/sbin/ldconfig") && real.exists() {
+                real
+            } else {
+                p.clone()
+            };
             Some(ns::open_host_binary(&p)?)
         }
         _ => None,
@@ -253,7 +283,8 @@ fn info(config: &Config, source: Option<&str>, json: bool) -> Result<()> {
     let inv = match source {
         Some("procfs") => gres_oci::inventory::read_procfs(&config.proc_root)?,
         Some("nvml") => {
-            let lib = gather::nvml_library(config, &cache).context("libnvidia-ml.so.1 not found in the driver root")?;
+            let lib = gather::nvml_library(config, &cache)
+                .context("libnvidia-ml.so.1 not found in the driver root")?;
             gres_oci::inventory::read_nvml(&lib)?
         }
         Some(s) => bail!("--source must be procfs or nvml, not {s:?}"),
@@ -268,19 +299,32 @@ fn info(config: &Config, source: Option<&str>, json: bool) -> Result<()> {
     };
     let per_cap: Vec<(Capability, _)> = Capability::ALL
         .iter()
-        .map(|&c| (c, root.discover(&std::iter::once(c).collect::<Capabilities>())))
+        .map(|&c| {
+            (
+                c,
+                root.discover(&std::iter::once(c).collect::<Capabilities>()),
+            )
+        })
         .collect();
     if json {
         let files: serde_json::Map<String, serde_json::Value> = per_cap
             .iter()
-            .map(|(c, f)| (c.as_str().to_owned(), serde_json::to_value(f).unwrap_or_default()))
+            .map(|(c, f)| {
+                (
+                    c.as_str().to_owned(),
+                    serde_json::to_value(f).unwrap_or_default(),
+                )
+            })
             .collect();
         let out = serde_json::json!({ "inventory": inv, "files": files });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
     println!("Driver version:      {}", inv.driver_version);
-    println!("CUDA driver version: {}", inv.cuda_version.as_deref().unwrap_or("unknown (procfs)"));
+    println!(
+        "CUDA driver version: {}",
+        inv.cuda_version.as_deref().unwrap_or("unknown (procfs)")
+    );
     println!("Inventory source:    {:?}", inv.source);
     println!("GPUs:                {}", inv.gpus.len());
     for g in &inv.gpus {
@@ -290,16 +334,27 @@ fn info(config: &Config, source: Option<&str>, json: bool) -> Result<()> {
             g.minor,
             g.uuid.as_deref().unwrap_or("UUID unknown"),
             g.pci_bus_id,
-            g.model.as_deref().map(|m| format!(", {m}")).unwrap_or_default()
+            g.model
+                .as_deref()
+                .map(|m| format!(", {m}"))
+                .unwrap_or_default()
         );
     }
     for (cap, f) in &per_cap {
         println!("Capability {}:", cap.as_str());
         for l in &f.libraries {
-            println!("  lib  {}{}", l.host_path.display(), if l.compat32 { " (32-bit)" } else { "" });
+            println!(
+                "  lib  {}{}",
+                l.host_path.display(),
+                if l.compat32 { " (32-bit)" } else { "" }
+            );
         }
         for b in f.binaries.iter().chain(&f.firmware).chain(&f.ipc) {
-            println!("  file {} -> {}", b.host_path.display(), b.container_path.display());
+            println!(
+                "  file {} -> {}",
+                b.host_path.display(),
+                b.container_path.display()
+            );
         }
         if !f.missing.is_empty() {
             println!("  missing: {}", f.missing.join(" "));

@@ -85,7 +85,8 @@ fn wait(pid: libc::pid_t) -> Result<std::result::Result<i32, i32>> {
 /// # Errors
 /// The file cannot be opened.
 pub fn open_host_binary(path: &Path) -> Result<OwnedFd> {
-    let f = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let f =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     Ok(OwnedFd::from(f))
 }
 
@@ -104,7 +105,10 @@ pub fn run_helper(exe: BorrowedFd, args: &[&OsStr]) -> Result<()> {
     argv.push(std::ptr::null());
     let envp: [*const libc::c_char; 1] = [std::ptr::null()];
     let (rd, wr) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).context("pipe")?;
-    let devnull = std::fs::OpenOptions::new().write(true).open("/dev/null").ok();
+    let devnull = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .ok();
     // SAFETY: see in_mount_ns; the child only dup2()s, execveat()s and _exit()s, all
     // async-signal-safe, using buffers prepared before the fork.
     let child = unsafe { libc::fork() };

@@ -65,7 +65,8 @@ impl Bundle {
     /// Unreadable or malformed `config.json`, or one without `root`.
     pub fn load(bundle: &Path) -> Result<Bundle> {
         let path = bundle.join("config.json");
-        let bytes = std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
         let spec: Spec = serde_json::from_slice(&bytes)
             .with_context(|| format!("{}: invalid OCI config", path.display()))?;
         let root = spec
@@ -92,8 +93,15 @@ mod tests {
 
     #[test]
     fn state_forms() {
-        let s = State::read(&br#"{"ociVersion":"1.0.2-dev","id":"c1","status":"creating","pid":42,"bundle":"/b"}"#[..]).unwrap();
-        assert_eq!((s.id.as_str(), s.pid, s.bundle()), ("c1", Some(42), Some(Path::new("/b"))));
+        let s = State::read(
+            &br#"{"ociVersion":"1.0.2-dev","id":"c1","status":"creating","pid":42,"bundle":"/b"}"#
+                [..],
+        )
+        .unwrap();
+        assert_eq!(
+            (s.id.as_str(), s.pid, s.bundle()),
+            ("c1", Some(42), Some(Path::new("/b")))
+        );
         let s = State::read(&br#"{"id":"c","pid":7,"bundlePath":"/old","root":"/x"}"#[..]).unwrap();
         assert_eq!(s.bundle(), Some(Path::new("/old")));
         for bad in [

@@ -19,7 +19,10 @@ pub fn require_root() {
 /// `target/<profile>`, from this test binary's location (`target/<profile>/deps/…`).
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    exe.parent().and_then(Path::parent).expect("target dir").to_owned()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_owned()
 }
 
 pub fn built(name: &str) -> PathBuf {
@@ -43,14 +46,25 @@ pub fn repo() -> PathBuf {
 /// crun 1.8 refuses hybrid cgroups while cgroup2 holds a controller; on these machines that is
 /// hugetlb. Giving hugetlb its own v1 hierarchy frees cgroup2. Idempotent.
 pub fn prepare_cgroups_for_crun() {
-    let ctrl = std::fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers").unwrap_or_default();
+    let ctrl =
+        std::fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers").unwrap_or_default();
     if ctrl.split_whitespace().any(|c| c == "hugetlb") {
         let _ = std::fs::create_dir_all("/sys/fs/cgroup/hugetlb");
         let st = Command::new("mount")
-            .args(["-t", "cgroup", "-o", "hugetlb", "cgroup", "/sys/fs/cgroup/hugetlb"])
+            .args([
+                "-t",
+                "cgroup",
+                "-o",
+                "hugetlb",
+                "cgroup",
+                "/sys/fs/cgroup/hugetlb",
+            ])
             .status()
             .expect("mount");
-        assert!(st.success(), "could not move hugetlb to a v1 hierarchy for crun");
+        assert!(
+            st.success(),
+            "could not move hugetlb to a v1 hierarchy for crun"
+        );
     }
 }
 
@@ -61,7 +75,10 @@ pub struct FakeNode {
 
 impl FakeNode {
     pub fn new(args: &[&str]) -> FakeNode {
-        let dir = tempfile::Builder::new().prefix("gres-oci-node").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("gres-oci-node")
+            .tempdir()
+            .unwrap();
         let nvml = built("libfake_nvml.so");
         let out = Command::new("bash")
             .arg(repo().join("tests/fixtures/fake-node.sh"))
@@ -162,11 +179,20 @@ pub fn busybox_rootfs(rootfs: &Path, debian: bool) {
 
 impl Bundle {
     pub fn new(o: BundleOpts) -> Bundle {
-        let dir = tempfile::Builder::new().prefix("gres-oci-bundle").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("gres-oci-bundle")
+            .tempdir()
+            .unwrap();
         busybox_rootfs(&dir.path().join("rootfs"), o.debian);
-        let st = Command::new("runc").arg("spec").current_dir(dir.path()).status().unwrap();
+        let st = Command::new("runc")
+            .arg("spec")
+            .current_dir(dir.path())
+            .status()
+            .unwrap();
         assert!(st.success());
-        let mut spec: Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap()).unwrap();
+        let mut spec: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap())
+                .unwrap();
         spec["process"]["terminal"] = json!(false);
         spec["process"]["args"] = json!(["/bin/sh", "-c", o.script]);
         let env = spec["process"]["env"].as_array_mut().unwrap();
@@ -191,7 +217,11 @@ impl Bundle {
         b
     }
     pub fn write(&self) {
-        std::fs::write(self.path().join("config.json"), serde_json::to_vec_pretty(&self.spec).unwrap()).unwrap();
+        std::fs::write(
+            self.path().join("config.json"),
+            serde_json::to_vec_pretty(&self.spec).unwrap(),
+        )
+        .unwrap();
     }
     pub fn path(&self) -> &Path {
         self.dir.path()
