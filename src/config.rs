@@ -449,6 +449,18 @@ library-search-dirs = ["/opt/nvidia/lib"]
     }
 
     #[test]
+    fn shipped_example_parses_to_defaults() {
+        let c = Config::parse(include_str!("../slurm-conf/config.toml"), Path::new("config.toml")).unwrap();
+        assert_eq!(
+            Config {
+                source: None,
+                ..c
+            },
+            Config::default()
+        );
+    }
+
+    #[test]
     fn empty_ldconfig_disables() {
         let c = parse("[nvidia-container-cli]\nldconfig = \"\"\n").unwrap();
         assert_eq!(c.ldconfig, Ldconfig::Disabled);

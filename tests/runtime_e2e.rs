@@ -507,3 +507,32 @@ fn hook_command_line_contract() {
         text(&text_out)
     );
 }
+
+/// The shipped Sarus hooks.d entry, with its paths pointed at this build and fake node, drives
+/// a runc container as Sarus would.
+#[test]
+fn shipped_sarus_hook_entry_works() {
+    let node = setup();
+    let shipped = std::fs::read_to_string(repo().join("slurm-conf/hooks.d/gres-oci.json")).unwrap();
+    let entry: serde_json::Value = serde_json::from_str(&shipped).unwrap();
+    assert_eq!(entry["version"], "1.0.0");
+    assert_eq!(entry["stages"], serde_json::json!(["prestart"]));
+    assert_eq!(entry["when"]["always"], true);
+    let mut hook = entry["hook"].clone();
+    hook["path"] = serde_json::json!(hook_bin());
+    let args: Vec<String> = hook["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().replace("/etc/gres-oci/config.toml", node.config().to_str().unwrap()))
+        .collect();
+    assert_eq!(args.last().map(String::as_str), Some("prestart"));
+    hook["args"] = serde_json::json!(args);
+    let case = Case { node: &node, env: &["NVIDIA_VISIBLE_DEVICES=3"], readonly: false, debian: true };
+    let (mut b, _out) = case.bundle();
+    b.spec["hooks"] = serde_json::json!({ "prestart": [hook] });
+    b.write();
+    let o = b.run(Runtime::Runc);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("node /dev/nvidia1"), "{}", text(&o));
+}
