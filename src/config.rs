@@ -450,14 +450,12 @@ library-search-dirs = ["/opt/nvidia/lib"]
 
     #[test]
     fn shipped_example_parses_to_defaults() {
-        let c = Config::parse(include_str!("../slurm-conf/config.toml"), Path::new("config.toml")).unwrap();
-        assert_eq!(
-            Config {
-                source: None,
-                ..c
-            },
-            Config::default()
-        );
+        let c = Config::parse(
+            include_str!("../slurm-conf/config.toml"),
+            Path::new("config.toml"),
+        )
+        .unwrap();
+        assert_eq!(Config { source: None, ..c }, Config::default());
     }
 
     #[test]

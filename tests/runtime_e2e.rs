@@ -384,6 +384,29 @@ fn requirements_use_nvml_and_stop_the_container() {
         assert!(seen.nodes().contains("nvidia2"));
     }
     assert!(node.log().contains("inventory=Nvml"), "{}", node.log());
+    // Without a working NVML a cuda requirement is never waved through on procfs alone.
+    node.edit_config(|c| {
+        c.replace(
+            "[gres-oci]",
+            "[gres-oci]\nnvml-library = \"/nonexistent/libnvidia-ml.so.1\"",
+        )
+    });
+    let env = ["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_REQUIRE_CUDA=cuda>=12.0"];
+    let (b, _out) = Case {
+        node: &node,
+        env: &env,
+        readonly: false,
+        debian: true,
+    }
+    .bundle();
+    let o = b.run(Runtime::Runc);
+    assert!(!o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("need NVML") && err.contains("/nonexistent/libnvidia-ml.so.1"),
+        "{}",
+        text(&o)
+    );
 }
 
 fn hook(args: &[&str], stdin: &[u8]) -> std::process::Output {
@@ -524,15 +547,28 @@ fn shipped_sarus_hook_entry_works() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|a| a.as_str().unwrap().replace("/etc/gres-oci/config.toml", node.config().to_str().unwrap()))
+        .map(|a| {
+            a.as_str()
+                .unwrap()
+                .replace("/etc/gres-oci/config.toml", node.config().to_str().unwrap())
+        })
         .collect();
     assert_eq!(args.last().map(String::as_str), Some("prestart"));
     hook["args"] = serde_json::json!(args);
-    let case = Case { node: &node, env: &["NVIDIA_VISIBLE_DEVICES=3"], readonly: false, debian: true };
+    let case = Case {
+        node: &node,
+        env: &["NVIDIA_VISIBLE_DEVICES=3"],
+        readonly: false,
+        debian: true,
+    };
     let (mut b, _out) = case.bundle();
     b.spec["hooks"] = serde_json::json!({ "prestart": [hook] });
     b.write();
     let o = b.run(Runtime::Runc);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("node /dev/nvidia1"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("node /dev/nvidia1"),
+        "{}",
+        text(&o)
+    );
 }

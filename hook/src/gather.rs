@@ -53,8 +53,15 @@ pub fn inventory(config: &Config, cache: &LdCache, request: Option<&Request>) ->
             config.driver_root.join("etc/ld.so.cache").display()
         )),
     };
+    // Requirements on cuda, arch or brand can only be judged with NVML's facts: judging them
+    // on procfs would count the unknown values as satisfied and let the container through.
+    let needs_nvml_facts =
+        request.is_some_and(|r| r.requirements.iter().any(|q| q.needs_nvml_facts()));
     match (nvml, procfs) {
         (Ok(inv), _) => Ok(inv),
+        (Err(e), Ok(_)) if needs_nvml_facts => {
+            Err(e.context("the container's NVIDIA_REQUIRE_* conditions need NVML"))
+        }
         // Without NVML, procfs still serves requests that need no NVML-only facts; the plan
         // then fails on what it lacks (an unknown UUID) with a precise message.
         (Err(e), Ok(inv)) => {
