@@ -572,3 +572,120 @@ fn shipped_sarus_hook_entry_works() {
         text(&o)
     );
 }
+
+/// Image symlinks that point out of the rootfs (absolute, relative `../..`, a loop) on the
+/// paths the hook writes to never make it create or mount anything outside the rootfs.
+#[test]
+fn hostile_rootfs_symlinks_stay_inside() {
+    let node = setup();
+    let host = tempfile::Builder::new()
+        .prefix("gres-oci-escape")
+        .tempdir()
+        .unwrap();
+    let abs = host.path().join("abs");
+    let rel = host.path().join("rel");
+    let etc = host.path().join("etc");
+    let layouts: Vec<(bool, &str, String)> = vec![
+        // Debian layout: the library dir is an absolute link to a host path.
+        (true, "usr/lib/x86_64-linux-gnu", abs.display().to_string()),
+        // Other layout: a relative link climbing far above the rootfs.
+        (
+            false,
+            "usr/lib64",
+            format!("../../../../../../../../..{}", rel.display()),
+        ),
+    ];
+    for (debian, dir, target) in layouts {
+        let case = Case {
+            node: &node,
+            env: &["NVIDIA_VISIBLE_DEVICES=0"],
+            readonly: false,
+            debian,
+        };
+        let (b, out) = case.bundle();
+        let link = b.rootfs().join(dir);
+        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        // The same path exists inside the rootfs, so the links resolve (inside) and the hook
+        // proceeds; on the host the path exists too and must stay empty.
+        std::fs::create_dir_all(b.rootfs().join(abs.strip_prefix("/").unwrap())).unwrap();
+        std::fs::create_dir_all(b.rootfs().join(rel.strip_prefix("/").unwrap())).unwrap();
+        std::fs::create_dir_all(&abs).unwrap();
+        std::fs::create_dir_all(&rel).unwrap();
+        // /etc/ld.so.cache and /usr/bin point at host files.
+        std::fs::write(etc.with_extension("cache"), b"host file").unwrap();
+        std::fs::write(
+            b.rootfs()
+                .join(etc.with_extension("cache").strip_prefix("/").unwrap()),
+            b"image file",
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(
+            etc.with_extension("cache"),
+            b.rootfs().join("etc/ld.so.cache"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(&abs, b.rootfs().join("usr/bin")).unwrap();
+        let o = b.run(Runtime::Runc);
+        assert!(o.status.success(), "{}", text(&o));
+        let libdir = if debian {
+            "/usr/lib/x86_64-linux-gnu"
+        } else {
+            "/usr/lib64"
+        };
+        let seen = Seen {
+            lines: String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(str::to_owned)
+                .collect(),
+        };
+        assert!(
+            seen.has(&format!("file {libdir}/libcuda.so.550.54.15")),
+            "{:#?}",
+            seen.lines
+        );
+        check_ldcache(out.path(), libdir);
+        // Nothing appeared on the host side of any link.
+        let mut on_host: Vec<_> = std::fs::read_dir(host.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        on_host.sort();
+        assert_eq!(
+            on_host,
+            ["abs", "etc.cache", "rel"].map(std::ffi::OsString::from),
+            "created outside the rootfs"
+        );
+        assert_eq!(
+            std::fs::read_dir(&abs).unwrap().count() + std::fs::read_dir(&rel).unwrap().count(),
+            0
+        );
+        assert!(seen.has("file /usr/bin/nvidia-smi"), "{:#?}", seen.lines);
+        assert_eq!(
+            std::fs::read(etc.with_extension("cache")).unwrap(),
+            b"host file"
+        );
+    }
+    // A link loop, or a link to a path the rootfs lacks, fails the container cleanly.
+    for target in ["x86_64-linux-gnu", "/nonexistent-in-rootfs"] {
+        let case = Case {
+            node: &node,
+            env: &["NVIDIA_VISIBLE_DEVICES=0"],
+            readonly: false,
+            debian: true,
+        };
+        let (b, _out) = case.bundle();
+        std::fs::create_dir_all(b.rootfs().join("usr/lib")).unwrap();
+        std::os::unix::fs::symlink(target, b.rootfs().join("usr/lib/x86_64-linux-gnu")).unwrap();
+        let o = b.run(Runtime::Runc);
+        assert!(!o.status.success(), "{}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("/usr/lib/x86_64-linux-gnu: cannot open directory"),
+            "{}",
+            text(&o)
+        );
+        assert!(!Path::new(target).exists());
+    }
+}
