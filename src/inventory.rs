@@ -20,6 +20,22 @@ pub struct Gpu {
     pub arch: Option<String>,
     /// NVML brand name (NVML only).
     pub brand: Option<String>,
+    /// MIG devices, when MIG mode is on (NVML only).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub migs: Vec<Mig>,
+}
+
+/// One MIG device of a GPU.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Mig {
+    /// NVML's MIG index on the parent (the `M` of `G:M`).
+    pub index: u32,
+    /// `MIG-…`, lower-case.
+    pub uuid: String,
+    /// GPU instance id.
+    pub gi: u32,
+    /// Compute instance id.
+    pub ci: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -191,17 +207,94 @@ pub fn parse_information(text: &str) -> Result<Gpu, String> {
         model,
         arch: None,
         brand: None,
+        migs: Vec::new(),
     })
 }
 
 fn valid_uuid(v: &str) -> Option<String> {
-    let rest = v.strip_prefix("GPU-")?;
+    valid_prefixed_uuid(v, "GPU-")
+}
+
+fn valid_prefixed_uuid(v: &str, prefix: &str) -> Option<String> {
+    let rest = v.strip_prefix(prefix)?;
     let ok = rest.len() == 36
         && rest.char_indices().all(|(i, c)| match i {
             8 | 13 | 18 | 23 => c == '-',
             _ => c.is_ascii_hexdigit(),
         });
-    ok.then(|| format!("GPU-{}", rest.to_ascii_lowercase()))
+    ok.then(|| format!("{prefix}{}", rest.to_ascii_lowercase()))
+}
+
+/// `<proc_root>/driver/nvidia-caps/mig-minors`: capability name (`gpu0/gi1/access`,
+/// `gpu0/gi1/ci0/access`, `config`, `monitor`) → minor of `/dev/nvidia-caps/nvidia-capN`.
+/// A missing file is an empty map (no MIG on this node).
+///
+/// # Errors
+/// The file exists but cannot be read, or a line is not `NAME NUMBER`.
+pub fn read_mig_minors(
+    proc_root: &Path,
+) -> Result<std::collections::BTreeMap<String, u32>, InventoryError> {
+    let path = proc_root.join("driver/nvidia-caps/mig-minors");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
+        Err(source) => return Err(InventoryError::Read { path, source }),
+    };
+    let mut out = std::collections::BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let bad = || InventoryError::Format {
+            path: path.clone(),
+            message: format!("line {}: expected \"NAME MINOR\", got {line:?}", n + 1),
+        };
+        let (name, minor) = line.split_once(char::is_whitespace).ok_or_else(bad)?;
+        out.insert(name.to_owned(), minor.trim().parse().map_err(|_| bad())?);
+    }
+    Ok(out)
+}
+
+/// The MIG devices of an NVML device, empty when MIG is off or unsupported.
+fn nvml_migs(d: &nvml_wrapper::Device) -> Vec<Mig> {
+    let on = d.mig_mode().map(|m| m.current == 1).unwrap_or(false);
+    if !on {
+        return Vec::new();
+    }
+    let lib = d.nvml().lib();
+    // GI/CI ids have no safe wrapper; the raw symbols are looked up first, since calling a
+    // missing one through nvml-wrapper-sys panics.
+    let instance_id = |f: &Result<unsafe extern "C" fn(_, *mut u32) -> _, _>, h| {
+        let f = f.as_ref().ok()?;
+        let mut id = 0u32;
+        // SAFETY: `h` is a live MIG handle from this NVML instance and `id` a valid out-pointer.
+        (unsafe { f(h, &mut id) } == 0).then_some(id)
+    };
+    let mut out = Vec::new();
+    for i in 0..d.mig_device_count().unwrap_or(0) {
+        let Ok(m) = d.mig_device_by_index(i) else {
+            continue;
+        };
+        let Some(uuid) = m.uuid().ok().and_then(|u| valid_prefixed_uuid(&u, "MIG-")) else {
+            continue;
+        };
+        // SAFETY: the handle is only passed back to this library while `m` is alive.
+        let h = unsafe { m.handle() };
+        let (Some(gi), Some(ci)) = (
+            instance_id(&lib.nvmlDeviceGetGpuInstanceId, h),
+            instance_id(&lib.nvmlDeviceGetComputeInstanceId, h),
+        ) else {
+            continue;
+        };
+        out.push(Mig {
+            index: i,
+            uuid,
+            gi,
+            ci,
+        });
+    }
+    out
 }
 
 /// Queries NVML through nvml-wrapper, loading `library`. Call it only from a process that will
@@ -246,6 +339,7 @@ pub fn read_nvml(library: &Path) -> Result<Inventory, InventoryError> {
                 .ok()
                 .map(|c| format!("{}.{}", c.major, c.minor)),
             brand: d.brand().ok().map(|b| format!("{b:?}")),
+            migs: nvml_migs(&d),
         });
     }
     let inv = finish(Source::Nvml, driver_version, cuda, gpus);
@@ -261,14 +355,20 @@ pub fn read_nvml(library: &Path) -> Result<Inventory, InventoryError> {
 /// # Errors
 /// `dev_root` cannot be listed.
 pub fn scan_dev_root(dev_root: &Path) -> Result<crate::plan::HostDevices, InventoryError> {
-    use std::os::unix::fs::FileTypeExt;
-    use std::os::unix::fs::MetadataExt;
     let mut out = crate::plan::HostDevices::new();
-    let entries = std::fs::read_dir(dev_root).map_err(|source| InventoryError::Read {
+    scan_dir(dev_root, "", &mut out).map_err(|source| InventoryError::Read {
         path: dev_root.to_owned(),
         source,
     })?;
-    for e in entries.flatten() {
+    // MIG capability nodes live one level down; no such dir simply means no MIG.
+    let _ = scan_dir(&dev_root.join("nvidia-caps"), "nvidia-caps/", &mut out);
+    Ok(out)
+}
+
+fn scan_dir(dir: &Path, prefix: &str, out: &mut crate::plan::HostDevices) -> std::io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    use std::os::unix::fs::MetadataExt;
+    for e in std::fs::read_dir(dir)?.flatten() {
         let name = e.file_name();
         let Some(name) = name.to_str() else { continue };
         if !name.starts_with("nvidia") {
@@ -280,7 +380,7 @@ pub fn scan_dev_root(dev_root: &Path) -> Result<crate::plan::HostDevices, Invent
         if m.file_type().is_char_device() {
             let rdev = m.rdev();
             out.insert(
-                name.to_owned(),
+                format!("{prefix}{name}"),
                 crate::plan::DevNum {
                     major: libc::major(rdev),
                     minor: libc::minor(rdev),
@@ -288,7 +388,7 @@ pub fn scan_dev_root(dev_root: &Path) -> Result<crate::plan::HostDevices, Invent
             );
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]

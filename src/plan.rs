@@ -74,6 +74,15 @@ pub struct Symlink {
     pub target: PathBuf,
 }
 
+/// A selected MIG device.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PlannedMig {
+    pub parent_minor: u32,
+    pub uuid: String,
+    pub gi: u32,
+    pub ci: u32,
+}
+
 /// One device cgroup v1 line: `c MAJ:MIN rw`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 pub struct CgroupRule {
@@ -103,7 +112,11 @@ pub struct Plan {
     pub driver_version: String,
     pub inventory: Source,
     pub capabilities: Capabilities,
+    /// The GPUs whose nodes the container gets: whole GPUs and MIG parents.
     pub gpus: Vec<Gpu>,
+    /// The MIG devices selected, by parent minor.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub migs: Vec<PlannedMig>,
     pub device_nodes: Vec<DeviceNode>,
     pub mounts: Vec<Mount>,
     pub symlinks: Vec<Symlink>,
@@ -119,6 +132,8 @@ pub enum PlanError {
     Requirement(#[from] SelectionError),
     #[error("device node {name} not found under {dev_root}")]
     MissingDevice { name: String, dev_root: PathBuf },
+    #[error("MIG device {uuid}: no {cap} in the driver's mig-minors list")]
+    MissingMigCap { uuid: String, cap: String },
 }
 
 /// The inputs of [`plan`], gathered by the caller.
@@ -130,6 +145,8 @@ pub struct Inputs<'a> {
     pub inventory: &'a Inventory,
     pub driver: &'a DriverFiles,
     pub devices: &'a HostDevices,
+    /// `mig-minors`: capability name → minor of `nvidia-caps/nvidia-capN`; empty without MIG.
+    pub mig_minors: &'a BTreeMap<String, u32>,
     pub config: &'a Config,
 }
 
@@ -140,7 +157,9 @@ pub struct Inputs<'a> {
 /// An unknown or MIG GPU id, an unsatisfied requirement, a device node missing on the host.
 pub fn plan(i: &Inputs) -> Result<Plan, PlanError> {
     let inv = i.inventory;
-    let gpus = i.request.select(inv)?;
+    let selection = i.request.select(inv)?;
+    let gpus = selection.nodes();
+    // A MIG device is judged by its parent's arch and brand, as NVIDIA does.
     let facts: Vec<Facts> = gpus
         .iter()
         .map(|g| Facts {
@@ -172,6 +191,29 @@ pub fn plan(i: &Inputs) -> Result<Plan, PlanError> {
     for g in &gpus {
         node_names.push((format!("nvidia{}", g.minor), true));
     }
+    let mut migs = Vec::new();
+    for (g, m) in &selection.migs {
+        // A MIG device needs its GPU instance's and compute instance's access capabilities.
+        for cap in [
+            format!("gpu{}/gi{}/access", g.minor, m.gi),
+            format!("gpu{}/gi{}/ci{}/access", g.minor, m.gi, m.ci),
+        ] {
+            let minor = i
+                .mig_minors
+                .get(&cap)
+                .ok_or_else(|| PlanError::MissingMigCap {
+                    uuid: m.uuid.clone(),
+                    cap: cap.clone(),
+                })?;
+            node_names.push((format!("nvidia-caps/nvidia-cap{minor}"), true));
+        }
+        migs.push(PlannedMig {
+            parent_minor: g.minor,
+            uuid: m.uuid.clone(),
+            gi: m.gi,
+            ci: m.ci,
+        });
+    }
     let mut device_nodes = Vec::new();
     for (name, required) in node_names {
         match i.devices.get(&name) {
@@ -191,6 +233,7 @@ pub fn plan(i: &Inputs) -> Result<Plan, PlanError> {
         }
     }
     device_nodes.sort();
+    device_nodes.dedup();
 
     let mut mounts = Vec::new();
     let mut symlinks = Vec::new();
@@ -265,6 +308,7 @@ pub fn plan(i: &Inputs) -> Result<Plan, PlanError> {
         inventory: inv.source,
         capabilities: caps.clone(),
         gpus: gpus.into_iter().cloned().collect(),
+        migs,
         device_nodes,
         mounts,
         symlinks,
@@ -356,6 +400,7 @@ mod tests {
             model: None,
             arch: Some("9.0".into()),
             brand: Some("Tesla".into()),
+            migs: vec![],
         }
     }
 
@@ -429,22 +474,69 @@ mod tests {
     }
 
     fn plan_for(env: &[&str], config: &Config, layout: Layout) -> Result<Plan, PlanError> {
+        let mut inv = inventory();
+        // GPU 2 (minor 1) is in MIG mode with two MIG devices.
+        inv.gpus[2].migs = vec![
+            crate::inventory::Mig {
+                index: 0,
+                uuid: "MIG-00000000-0000-0000-0000-0000000000a0".into(),
+                gi: 2,
+                ci: 0,
+            },
+            crate::inventory::Mig {
+                index: 1,
+                uuid: "MIG-00000000-0000-0000-0000-0000000000a1".into(),
+                gi: 3,
+                ci: 1,
+            },
+        ];
+        plan_with(env, config, layout, &inv)
+    }
+
+    fn plan_with(
+        env: &[&str],
+        config: &Config,
+        layout: Layout,
+        inv: &Inventory,
+    ) -> Result<Plan, PlanError> {
         let env: Vec<String> = env.iter().map(|s| s.to_string()).collect();
         let map = env_map(&env).unwrap();
         let request = Request::from_env(&map, config)
             .unwrap()
             .expect("a GPU container");
-        let (inv, drv, dev) = (inventory(), driver(), devices());
+        let (drv, mut dev) = (driver(), devices());
+        for m in [21, 22, 30, 31] {
+            dev.insert(
+                format!("nvidia-caps/nvidia-cap{m}"),
+                DevNum {
+                    major: 508,
+                    minor: m,
+                },
+            );
+        }
         plan(&Inputs {
             container_id: "c1",
             rootfs: Path::new("/b/rootfs"),
             layout,
             request: &request,
-            inventory: &inv,
+            inventory: inv,
             driver: &drv,
             devices: &dev,
+            mig_minors: &mig_minors(),
             config,
         })
+    }
+
+    fn mig_minors() -> BTreeMap<String, u32> {
+        [
+            ("gpu1/gi2/access", 21),
+            ("gpu1/gi2/ci0/access", 22),
+            ("gpu1/gi3/access", 30),
+            ("gpu1/gi3/ci1/access", 31),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
     }
 
     fn minors(p: &Plan) -> Vec<u32> {
@@ -551,6 +643,58 @@ mod tests {
     }
 
     #[test]
+    fn mig_devices_get_parent_and_capability_nodes() {
+        let c = Config::default();
+        let caps = |p: &Plan| -> Vec<String> {
+            p.device_nodes
+                .iter()
+                .map(|d| d.path.display().to_string())
+                .filter(|p| {
+                    p.contains("caps")
+                        || p.starts_with("/dev/nvidia") && p[11..].parse::<u32>().is_ok()
+                })
+                .collect()
+        };
+        for nvd in ["2:1", "MIG-00000000-0000-0000-0000-0000000000A1"] {
+            let p = plan_for(
+                &[&format!("NVIDIA_VISIBLE_DEVICES={nvd}")],
+                &c,
+                Layout::Debian,
+            )
+            .unwrap();
+            assert_eq!(
+                caps(&p),
+                vec![
+                    "/dev/nvidia-caps/nvidia-cap30",
+                    "/dev/nvidia-caps/nvidia-cap31",
+                    "/dev/nvidia1"
+                ],
+                "{nvd}"
+            );
+            assert_eq!(p.migs.len(), 1);
+            assert!(p.cgroup_rules.contains(&CgroupRule {
+                major: 508,
+                minor: 31
+            }));
+        }
+        let p = plan_for(&["NVIDIA_VISIBLE_DEVICES=all"], &c, Layout::Debian).unwrap();
+        assert_eq!(p.migs.len(), 2);
+        assert_eq!(caps(&p).len(), 4 + 3);
+        // A MIG device whose capability the driver does not list.
+        let mut inv = inventory();
+        inv.gpus[0].migs = vec![crate::inventory::Mig {
+            index: 0,
+            uuid: "MIG-00000000-0000-0000-0000-0000000000b0".into(),
+            gi: 9,
+            ci: 0,
+        }];
+        let e = plan_with(&["NVIDIA_VISIBLE_DEVICES=0:0"], &c, Layout::Debian, &inv)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gpu2/gi9/access"), "{e}");
+    }
+
+    #[test]
     fn capabilities_pick_control_nodes_and_config_switches() {
         let mut c = Config::default();
         let p = plan_for(
@@ -643,6 +787,7 @@ mod tests {
             inventory: &inv,
             driver: &drv,
             devices: &dev,
+            mig_minors: &BTreeMap::new(),
             config: &c,
         })
         .unwrap_err()

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use crate::config::Config;
-use crate::inventory::{normalize_pci_bus_id, Gpu, Inventory};
+use crate::inventory::{normalize_pci_bus_id, Gpu, Inventory, Mig};
 use crate::selection::{
     go_bool_true, is_legacy_image, parse_capabilities, parse_visible_devices,
     requirements_from_env, Capabilities, DeviceId, DeviceRequest, Requirement, SelectionError,
@@ -89,8 +89,6 @@ pub enum RequestError {
     BadEnv(String),
     #[error("GPU {0} is not on this node")]
     UnknownGpu(String),
-    #[error("MIG device {0} requested: MIG devices are not supported by gres-oci")]
-    Mig(String),
 }
 
 /// Resolves OCI `process.env` entries into a map: split at the first `=`, later duplicates
@@ -187,41 +185,95 @@ impl Request {
         }
     }
 
-    /// The GPUs this request selects, in NVML index order, without duplicates.
+    /// What this request selects: whole GPUs and MIG devices, each once, in NVML order.
+    /// `all` takes every GPU and every MIG device, as NVIDIA's `--device=all` does.
     ///
     /// # Errors
-    /// An id that matches no GPU of the inventory, or a MIG id.
-    pub fn select<'a>(&self, inv: &'a Inventory) -> Result<Vec<&'a Gpu>, RequestError> {
-        let mut out: Vec<&Gpu> = Vec::new();
+    /// An id that matches no GPU or MIG device of the inventory.
+    pub fn select<'a>(&self, inv: &'a Inventory) -> Result<Selection<'a>, RequestError> {
+        let mut sel = Selection::default();
         match &self.devices {
             Devices::Nvidia(DeviceRequest::None) => {}
-            Devices::Nvidia(DeviceRequest::All) => out.extend(&inv.gpus),
+            Devices::Nvidia(DeviceRequest::All) => {
+                for g in &inv.gpus {
+                    sel.gpus.push(g);
+                    sel.migs.extend(g.migs.iter().map(|m| (g, m)));
+                }
+            }
             Devices::Nvidia(DeviceRequest::List(ids)) => {
                 for id in ids {
-                    let g = match id {
-                        DeviceId::Index(i) => inv.gpus.get(*i as usize),
-                        DeviceId::GpuUuid(u) => {
-                            inv.gpus.iter().find(|g| g.uuid.as_deref() == Some(u))
-                        }
-                        DeviceId::PciBusId(b) => inv.gpus.iter().find(|g| &g.pci_bus_id == b),
-                        DeviceId::MigUuid(u) => return Err(RequestError::Mig(u.clone())),
+                    let unknown = || RequestError::UnknownGpu(device_id_text(id));
+                    match id {
+                        DeviceId::Index(i) => sel
+                            .gpus
+                            .push(inv.gpus.get(*i as usize).ok_or_else(unknown)?),
+                        DeviceId::GpuUuid(u) => sel.gpus.push(
+                            inv.gpus
+                                .iter()
+                                .find(|g| g.uuid.as_deref() == Some(u))
+                                .ok_or_else(unknown)?,
+                        ),
+                        DeviceId::PciBusId(b) => sel.gpus.push(
+                            inv.gpus
+                                .iter()
+                                .find(|g| &g.pci_bus_id == b)
+                                .ok_or_else(unknown)?,
+                        ),
+                        DeviceId::MigUuid(u) => sel.migs.push(
+                            inv.gpus
+                                .iter()
+                                .find_map(|g| g.migs.iter().find(|m| &m.uuid == u).map(|m| (g, m)))
+                                .ok_or_else(unknown)?,
+                        ),
                         DeviceId::MigIndex { gpu, mig } => {
-                            return Err(RequestError::Mig(format!("{gpu}:{mig}")))
+                            let g = inv.gpus.get(*gpu as usize).ok_or_else(unknown)?;
+                            let m = g
+                                .migs
+                                .iter()
+                                .find(|m| m.index == *mig)
+                                .ok_or_else(unknown)?;
+                            sel.migs.push((g, m));
                         }
-                    };
-                    out.push(g.ok_or_else(|| RequestError::UnknownGpu(device_id_text(id)))?);
+                    }
                 }
             }
             Devices::Physical(ids) => {
                 for id in ids {
                     let g = inv.gpus.iter().find(|g| id.matches(g));
-                    out.push(g.ok_or_else(|| RequestError::UnknownGpu(id.to_string()))?);
+                    sel.gpus
+                        .push(g.ok_or_else(|| RequestError::UnknownGpu(id.to_string()))?);
                 }
             }
         }
-        out.sort_by_key(|g| g.index);
-        out.dedup_by_key(|g| g.index);
-        Ok(out)
+        sel.gpus.sort_by_key(|g| g.index);
+        sel.gpus.dedup_by_key(|g| g.index);
+        sel.migs.sort_by_key(|(g, m)| (g.index, m.index));
+        sel.migs.dedup_by_key(|(g, m)| (g.index, m.index));
+        Ok(sel)
+    }
+}
+
+/// The devices a request selected from an inventory.
+#[derive(Debug, Default)]
+pub struct Selection<'a> {
+    /// Whole GPUs.
+    pub gpus: Vec<&'a Gpu>,
+    /// MIG devices with their parent GPU.
+    pub migs: Vec<(&'a Gpu, &'a Mig)>,
+}
+
+impl<'a> Selection<'a> {
+    /// Every GPU whose device node the container needs: the whole GPUs and MIG parents.
+    pub fn nodes(&self) -> Vec<&'a Gpu> {
+        let mut v: Vec<&Gpu> = self
+            .gpus
+            .iter()
+            .copied()
+            .chain(self.migs.iter().map(|(g, _)| *g))
+            .collect();
+        v.sort_by_key(|g| g.index);
+        v.dedup_by_key(|g| g.index);
+        v
     }
 }
 

@@ -12,8 +12,8 @@ use support::*;
 
 /// What a container reports about itself: device nodes, open() results, injected files.
 const PROBE: &str = r#"
-for n in /dev/nvidia*; do [ -e "$n" ] && echo "node $n"; done
-for n in /dev/nvidia* /hostdev/nvidia*; do
+for n in /dev/nvidia* /dev/nvidia-caps/*; do [ -c "$n" ] && echo "node $n"; done
+for n in /dev/nvidia* /hostdev/nvidia* /dev/nvidia-caps/* /hostdev/nvidia-caps/*; do
   [ -c "$n" ] || continue
   if cat "$n" </dev/null >/dev/null 2>/dev/shm/err; then echo "open $n ok"; else echo "open $n $(cat /dev/shm/err)"; fi
 done
@@ -688,4 +688,54 @@ fn hostile_rootfs_symlinks_stay_inside() {
         );
         assert!(!Path::new(target).exists());
     }
+}
+
+/// MIG devices by UUID and by `GPU:MIG` index: the parent's node plus the GPU-instance and
+/// compute-instance capability nodes, and the device cgroup opens exactly those.
+#[test]
+fn mig_devices_get_parent_and_capabilities() {
+    require_root();
+    let node = FakeNode::new(&[
+        "--mig",
+        "3:1:0:MIG-11111111-2222-3333-4444-555555555555",
+        "--mig",
+        "3:2:0:MIG-11111111-2222-3333-4444-555555555556",
+    ]);
+    // minor 3 is NVML index 2; its mig-minors are gi1 3, gi1/ci0 4, gi2 5, gi2/ci0 6.
+    for (nvd, caps) in [
+        ("MIG-11111111-2222-3333-4444-555555555556", [5, 6]),
+        ("2:0", [3, 4]),
+    ] {
+        let env = [format!("NVIDIA_VISIBLE_DEVICES={nvd}")];
+        let env: Vec<&str> = env.iter().map(String::as_str).collect();
+        let (seen, _out) = Case {
+            node: &node,
+            env: &env,
+            readonly: false,
+            debian: true,
+        }
+        .run(Runtime::Runc);
+        let mut want = set(&["nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia3"]);
+        want.extend(caps.iter().map(|c| format!("nvidia-caps/nvidia-cap{c}")));
+        assert_eq!(seen.nodes(), want, "{nvd}");
+        for c in 3..=6 {
+            let host = seen.open(&format!("/hostdev/nvidia-caps/nvidia-cap{c}"));
+            let allowed = caps.contains(&c);
+            assert_eq!(
+                host.contains("No such device or address"),
+                allowed,
+                "{nvd}: cap{c}: {host}"
+            );
+            assert_eq!(
+                host.contains("Operation not permitted"),
+                !allowed,
+                "{nvd}: cap{c}: {host}"
+            );
+        }
+    }
+    assert!(
+        node.log().contains("inventory=Nvml"),
+        "MIG ids need NVML: {}",
+        node.log()
+    );
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use gres_oci::config::Config;
 use gres_oci::driver::{resolve_in, DriverRoot};
-use gres_oci::inventory::{read_nvml, read_procfs, scan_dev_root, Inventory};
+use gres_oci::inventory::{read_mig_minors, read_nvml, read_procfs, scan_dev_root, Inventory};
 use gres_oci::ldcache::{native_arch, LdCache};
 use gres_oci::plan::{plan, Inputs, Layout, Plan};
 use gres_oci::request::{env_map, Request};
@@ -120,6 +120,11 @@ pub fn build_plan(config: &Config, bundle: &Bundle, container_id: &str) -> Resul
         tracing::debug!(file = %m, "driver file not found");
     }
     let devices = scan_dev_root(&config.dev_root)?;
+    let mig_minors = if inv.gpus.iter().any(|g| !g.migs.is_empty()) {
+        read_mig_minors(&config.proc_root)?
+    } else {
+        Default::default()
+    };
     let p = plan(&Inputs {
         container_id,
         rootfs: &bundle.rootfs,
@@ -128,6 +133,7 @@ pub fn build_plan(config: &Config, bundle: &Bundle, container_id: &str) -> Resul
         inventory: &inv,
         driver: &driver,
         devices: &devices,
+        mig_minors: &mig_minors,
         config,
     })?;
     Ok(Some(p))
