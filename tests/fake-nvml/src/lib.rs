@@ -4,6 +4,8 @@
 //! else from `fake-nvml.json` next to the loaded shared object (the path `dladdr` reports,
 //! so a symlink's directory counts). A missing or malformed file makes init return
 //! `NVML_ERROR_DRIVER_NOT_LOADED`. NVML indices follow PCI bus order, as with real NVML.
+//! A GPU may list MIG devices; their handles are distinct from GPU handles and work with
+//! the MIG calls and, as in NVML, with a subset of the per-device queries.
 //! Nothing here prints, and no panic crosses the C boundary.
 #![allow(non_snake_case)]
 
@@ -18,12 +20,18 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use config::{Config, Gpu};
+use config::{Config, Gpu, Mig};
 
 /// `nvmlReturn_t`.
 type Ret = c_int;
-/// `nvmlDevice_t`: an opaque pointer; here the NVML index plus one.
+/// `nvmlDevice_t`: an opaque pointer. A GPU's is its NVML index plus one; a MIG device's
+/// has [`MIG_TAG`] set, its parent's NVML index above bit [`MIG_SHIFT`] and its MIG index below.
 type Device = *mut c_void;
+
+/// Top bit: marks a MIG device handle.
+const MIG_TAG: usize = 1 << (usize::BITS - 1);
+/// Bits of a MIG handle holding the MIG index.
+const MIG_SHIFT: u32 = 16;
 
 const SUCCESS: Ret = 0;
 const ERROR_UNINITIALIZED: Ret = 1;
@@ -70,21 +78,78 @@ fn with_config(f: impl FnOnce(&Config) -> Ret) -> Ret {
     })
 }
 
+/// What a device handle refers to.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    /// The GPU, or the MIG device's parent GPU.
+    gpu: &'a Gpu,
+    /// NVML index of `gpu`.
+    index: usize,
+    /// For a MIG handle: the MIG device and its index within `gpu`.
+    mig: Option<(&'a Mig, usize)>,
+}
+
+/// Decodes `dev` against `c`; `None` if it names no GPU or MIG device.
+fn resolve(c: &Config, dev: Device) -> Option<Target<'_>> {
+    let raw = dev as usize;
+    if raw & MIG_TAG == 0 {
+        let index = raw.checked_sub(1)?;
+        let gpu = c.gpus.get(index)?;
+        return Some(Target {
+            gpu,
+            index,
+            mig: None,
+        });
+    }
+    let index = (raw & !MIG_TAG) >> MIG_SHIFT;
+    let mig_index = raw & ((1 << MIG_SHIFT) - 1);
+    let gpu = c.gpus.get(index)?;
+    let mig = gpu.mig.as_ref()?.get(mig_index)?;
+    Some(Target {
+        gpu,
+        index,
+        mig: Some((mig, mig_index)),
+    })
+}
+
+/// Runs `f` with what `dev` refers to; checks init and the handle.
+fn with_target(dev: Device, f: impl FnOnce(Target<'_>) -> Ret) -> Ret {
+    with_config(|c| match resolve(c, dev) {
+        Some(t) => f(t),
+        None => ERROR_INVALID_ARGUMENT,
+    })
+}
+
 /// Runs `f` with the GPU behind `dev` and its index; checks init and the handle.
+/// A MIG handle is `NVML_ERROR_INVALID_ARGUMENT`.
 fn with_device(dev: Device, f: impl FnOnce(&Gpu, usize) -> Ret) -> Ret {
-    with_config(|c| {
-        match (dev as usize)
-            .checked_sub(1)
-            .and_then(|i| c.gpus.get(i).map(|g| (g, i)))
-        {
-            Some((g, i)) => f(g, i),
-            None => ERROR_INVALID_ARGUMENT,
-        }
+    with_target(dev, |t| match t.mig {
+        None => f(t.gpu, t.index),
+        Some(_) => ERROR_INVALID_ARGUMENT,
+    })
+}
+
+/// Runs `f` with the GPU behind `dev`, or for a MIG handle its parent, and the GPU's index.
+fn with_device_or_parent(dev: Device, f: impl FnOnce(&Gpu, usize) -> Ret) -> Ret {
+    with_target(dev, |t| f(t.gpu, t.index))
+}
+
+/// Runs `f` with the MIG device behind `dev`; a GPU handle is `NVML_ERROR_INVALID_ARGUMENT`.
+fn with_mig(dev: Device, f: impl FnOnce(&Mig) -> Ret) -> Ret {
+    with_target(dev, |t| match t.mig {
+        Some((m, _)) => f(m),
+        None => ERROR_INVALID_ARGUMENT,
     })
 }
 
 fn handle_for(index: usize) -> Device {
     (index + 1) as Device
+}
+
+/// Handle of MIG device `mig_index` of GPU `index`. Config bounds both: the MIG index
+/// by `MAX_MIG_DEVICES`, the GPU index by the address space holding the GPU list.
+fn mig_handle_for(index: usize, mig_index: usize) -> Device {
+    (MIG_TAG | (index << MIG_SHIFT) | mig_index) as Device
 }
 
 /// Path of this shared object as the dynamic loader knows it.
@@ -320,11 +385,13 @@ pub unsafe extern "C" fn nvmlDeviceGetHandleByUUID(
         if device.is_null() {
             return ERROR_INVALID_ARGUMENT;
         }
-        match c.index_by_uuid(uuid) {
-            // SAFETY: forwarded caller contract.
-            Some(i) => unsafe { put(device, handle_for(i)) },
-            None => ERROR_NOT_FOUND,
-        }
+        let handle = match (c.index_by_uuid(uuid), c.mig_by_uuid(uuid)) {
+            (Some(i), _) => handle_for(i),
+            (None, Some((i, m))) => mig_handle_for(i, m),
+            (None, None) => return ERROR_NOT_FOUND,
+        };
+        // SAFETY: forwarded caller contract.
+        unsafe { put(device, handle) }
     })
 }
 
@@ -354,46 +421,51 @@ pub unsafe extern "C" fn nvmlDeviceGetHandleByPciBusId(
     unsafe { handle_by_pci_bus_id(bus_id, device) }
 }
 
-/// `nvmlDeviceGetUUID`.
+/// `nvmlDeviceGetUUID`: `GPU-...` for a GPU, `MIG-...` for a MIG device.
 ///
 /// # Safety
 /// `uuid` must be null or valid for `length` bytes.
 #[no_mangle]
 pub unsafe extern "C" fn nvmlDeviceGetUUID(dev: Device, uuid: *mut c_char, length: c_uint) -> Ret {
-    // SAFETY: forwarded caller contract.
-    with_device(dev, |g, _| unsafe { put_str(&g.uuid, uuid, length) })
+    with_target(dev, |t| {
+        let s = t.mig.map_or(&t.gpu.uuid, |(m, _)| &m.uuid);
+        // SAFETY: forwarded caller contract.
+        unsafe { put_str(s, uuid, length) }
+    })
 }
 
-/// `nvmlDeviceGetName`.
+/// `nvmlDeviceGetName`: for a MIG device, the parent's name.
 ///
 /// # Safety
 /// `name` must be null or valid for `length` bytes.
 #[no_mangle]
 pub unsafe extern "C" fn nvmlDeviceGetName(dev: Device, name: *mut c_char, length: c_uint) -> Ret {
     // SAFETY: forwarded caller contract.
-    with_device(dev, |g, _| unsafe { put_str(&g.name, name, length) })
+    with_device_or_parent(dev, |g, _| unsafe { put_str(&g.name, name, length) })
 }
 
-/// `nvmlDeviceGetMinorNumber`.
+/// `nvmlDeviceGetMinorNumber`: for a MIG device, the parent's.
 ///
 /// # Safety
 /// `minor` must be null or valid for a write.
 #[no_mangle]
 pub unsafe extern "C" fn nvmlDeviceGetMinorNumber(dev: Device, minor: *mut c_uint) -> Ret {
     // SAFETY: forwarded caller contract.
-    with_device(dev, |g, _| unsafe { put(minor, g.minor) })
+    with_device_or_parent(dev, |g, _| unsafe { put(minor, g.minor) })
 }
 
-/// `nvmlDeviceGetIndex`.
+/// `nvmlDeviceGetIndex`: for a MIG device, as in NVML, its index within the parent.
 ///
 /// # Safety
 /// `index` must be null or valid for a write.
 #[no_mangle]
 pub unsafe extern "C" fn nvmlDeviceGetIndex(dev: Device, index: *mut c_uint) -> Ret {
-    with_device(dev, |_, i| match c_uint::try_from(i) {
-        // SAFETY: forwarded caller contract.
-        Ok(i) => unsafe { put(index, i) },
-        Err(_) => ERROR_UNKNOWN,
+    with_target(dev, |t| {
+        match c_uint::try_from(t.mig.map_or(t.index, |(_, m)| m)) {
+            // SAFETY: forwarded caller contract.
+            Ok(i) => unsafe { put(index, i) },
+            Err(_) => ERROR_UNKNOWN,
+        }
     })
 }
 
@@ -420,7 +492,7 @@ fn fill<const N: usize>(dst: &mut [c_char; N], s: &str) {
     }
 }
 
-/// `nvmlDeviceGetPciInfo_v3`.
+/// `nvmlDeviceGetPciInfo_v3`: for a MIG device, the parent's.
 ///
 /// # Safety
 /// `pci` must be null or valid for a write of `nvmlPciInfo_t`.
@@ -450,7 +522,7 @@ pub unsafe extern "C" fn nvmlDeviceGetPciInfo(dev: Device, pci: *mut NvmlPciInfo
     unsafe { pci_info(dev, pci) }
 }
 
-/// `nvmlDeviceGetCudaComputeCapability`.
+/// `nvmlDeviceGetCudaComputeCapability`: for a MIG device, the parent's.
 ///
 /// # Safety
 /// `major` and `minor` must each be null or valid for a write.
@@ -460,7 +532,7 @@ pub unsafe extern "C" fn nvmlDeviceGetCudaComputeCapability(
     major: *mut c_int,
     minor: *mut c_int,
 ) -> Ret {
-    with_device(dev, |g, _| {
+    with_device_or_parent(dev, |g, _| {
         if major.is_null() || minor.is_null() {
             return ERROR_INVALID_ARGUMENT;
         }
@@ -474,30 +546,140 @@ pub unsafe extern "C" fn nvmlDeviceGetCudaComputeCapability(
     })
 }
 
-/// `nvmlDeviceGetBrand`.
+/// `nvmlDeviceGetBrand`: for a MIG device, the parent's.
 ///
 /// # Safety
 /// `brand` must be null or valid for a write.
 #[no_mangle]
 pub unsafe extern "C" fn nvmlDeviceGetBrand(dev: Device, brand: *mut c_int) -> Ret {
     // SAFETY: forwarded caller contract.
-    with_device(dev, |g, _| unsafe { put(brand, g.brand) })
+    with_device_or_parent(dev, |g, _| unsafe { put(brand, g.brand) })
 }
 
-/// `nvmlDeviceGetMigMode`: the fake GPUs do not support MIG.
+/// `nvmlDeviceGetMigMode`: enabled (1, 1) for a GPU with a non-empty `mig` list, disabled
+/// (0, 0) for `"mig": []`, `NVML_ERROR_NOT_SUPPORTED` without a `mig` key.
+/// A MIG handle is `NVML_ERROR_INVALID_ARGUMENT`.
+///
+/// # Safety
+/// `current` and `pending` must each be null or valid for a write.
 #[no_mangle]
-pub extern "C" fn nvmlDeviceGetMigMode(
+pub unsafe extern "C" fn nvmlDeviceGetMigMode(
     dev: Device,
     current: *mut c_uint,
     pending: *mut c_uint,
 ) -> Ret {
-    with_device(dev, |_, _| {
+    with_device(dev, |g, _| {
         if current.is_null() || pending.is_null() {
-            ERROR_INVALID_ARGUMENT
-        } else {
-            ERROR_NOT_SUPPORTED
+            return ERROR_INVALID_ARGUMENT;
+        }
+        let Some(migs) = &g.mig else {
+            return ERROR_NOT_SUPPORTED;
+        };
+        let mode = c_uint::from(!migs.is_empty());
+        // SAFETY: both non-null; forwarded caller contract.
+        unsafe {
+            current.write(mode);
+            pending.write(mode);
+        }
+        SUCCESS
+    })
+}
+
+/// `nvmlDeviceGetMaxMigDeviceCount`: the length of the GPU's `mig` list;
+/// `NVML_ERROR_NOT_SUPPORTED` when MIG is off (no `mig` key, or an empty list).
+/// A MIG handle is `NVML_ERROR_INVALID_ARGUMENT`.
+///
+/// # Safety
+/// `count` must be null or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetMaxMigDeviceCount(dev: Device, count: *mut c_uint) -> Ret {
+    with_device(dev, |g, _| {
+        match g.mig_enabled().map(|m| c_uint::try_from(m.len())) {
+            // SAFETY: forwarded caller contract.
+            Some(Ok(n)) => unsafe { put(count, n) },
+            Some(Err(_)) => ERROR_UNKNOWN,
+            None => ERROR_NOT_SUPPORTED,
         }
     })
+}
+
+/// `nvmlDeviceGetMigDeviceHandleByIndex`: `NVML_ERROR_NOT_FOUND` past the end of the
+/// `mig` list (so always for `"mig": []`), `NVML_ERROR_NOT_SUPPORTED` without a `mig` key,
+/// `NVML_ERROR_INVALID_ARGUMENT` for a MIG handle.
+///
+/// # Safety
+/// `mig_device` must be null or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetMigDeviceHandleByIndex(
+    dev: Device,
+    index: c_uint,
+    mig_device: *mut Device,
+) -> Ret {
+    with_device(dev, |g, i| {
+        if mig_device.is_null() {
+            return ERROR_INVALID_ARGUMENT;
+        }
+        let Some(migs) = &g.mig else {
+            return ERROR_NOT_SUPPORTED;
+        };
+        let m = index as usize;
+        if m >= migs.len() {
+            return ERROR_NOT_FOUND;
+        }
+        // SAFETY: forwarded caller contract.
+        unsafe { put(mig_device, mig_handle_for(i, m)) }
+    })
+}
+
+/// `nvmlDeviceIsMigDeviceHandle`: 1 for a MIG handle, 0 for a GPU handle.
+///
+/// # Safety
+/// `is_mig` must be null or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceIsMigDeviceHandle(dev: Device, is_mig: *mut c_uint) -> Ret {
+    // SAFETY: forwarded caller contract.
+    with_target(dev, |t| unsafe {
+        put(is_mig, c_uint::from(t.mig.is_some()))
+    })
+}
+
+/// `nvmlDeviceGetDeviceHandleFromMigDeviceHandle`: the parent GPU's handle;
+/// a GPU handle is `NVML_ERROR_INVALID_ARGUMENT`.
+///
+/// # Safety
+/// `device` must be null or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetDeviceHandleFromMigDeviceHandle(
+    mig_device: Device,
+    device: *mut Device,
+) -> Ret {
+    with_target(mig_device, |t| match t.mig {
+        // SAFETY: forwarded caller contract.
+        Some(_) => unsafe { put(device, handle_for(t.index)) },
+        None => ERROR_INVALID_ARGUMENT,
+    })
+}
+
+/// `nvmlDeviceGetGpuInstanceId`: the MIG device's `gi`; a GPU handle is
+/// `NVML_ERROR_INVALID_ARGUMENT`.
+///
+/// # Safety
+/// `id` must be null or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetGpuInstanceId(dev: Device, id: *mut c_uint) -> Ret {
+    // SAFETY: forwarded caller contract.
+    with_mig(dev, |m| unsafe { put(id, m.gi) })
+}
+
+/// `nvmlDeviceGetComputeInstanceId`: the MIG device's `ci`; a GPU handle is
+/// `NVML_ERROR_INVALID_ARGUMENT`.
+///
+/// # Safety
+/// `id` must be null or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetComputeInstanceId(dev: Device, id: *mut c_uint) -> Ret {
+    // SAFETY: forwarded caller contract.
+    with_mig(dev, |m| unsafe { put(id, m.ci) })
 }
 
 /// Shared body of `nvmlSystemGetCudaDriverVersion` and its other versions.
@@ -562,7 +744,7 @@ unsafe fn handle_by_pci_bus_id(bus_id: *const c_char, device: *mut Device) -> Re
 /// # Safety
 /// As `nvmlDeviceGetPciInfo_v3`.
 unsafe fn pci_info(dev: Device, pci: *mut NvmlPciInfo) -> Ret {
-    with_device(dev, |g, _| {
+    with_device_or_parent(dev, |g, _| {
         let mut info = NvmlPciInfo {
             bus_id_legacy: [0; 16],
             domain: g.pci.domain,
@@ -603,6 +785,31 @@ mod tests {
         // SAFETY: nvmlErrorString returns a 'static NUL-terminated string.
         let s = unsafe { CStr::from_ptr(nvmlErrorString(ERROR_DRIVER_NOT_LOADED)) };
         assert_eq!(s.to_str(), Ok("Driver Not Loaded"));
+    }
+
+    #[test]
+    fn handles_resolve() {
+        let c = Config::parse(
+            r#"{"driver_version": "1", "gpus": [
+              {"uuid": "GPU-a", "minor": 0, "pci_bus_id": "01:00.0"},
+              {"uuid": "GPU-b", "minor": 1, "pci_bus_id": "02:00.0",
+               "mig": [{"uuid": "MIG-3f9a2c1e-7b44-5d0e-9a1b-2c3d4e5f6a7b", "gi": 3, "ci": 1}]}]}"#,
+        )
+        .expect("valid");
+        let gpu = resolve(&c, handle_for(1)).expect("gpu 1");
+        assert_eq!(
+            (gpu.gpu.uuid.as_str(), gpu.index, gpu.mig),
+            ("GPU-b", 1, None)
+        );
+        let mig = resolve(&c, mig_handle_for(1, 0)).expect("mig 1/0");
+        assert_eq!(mig.index, 1);
+        assert_eq!(mig.mig.map(|(m, i)| (m.gi, m.ci, i)), Some((3, 1, 0)));
+        assert_ne!(mig_handle_for(1, 0), handle_for(1));
+        assert!(resolve(&c, std::ptr::null_mut()).is_none());
+        assert!(resolve(&c, handle_for(2)).is_none());
+        assert!(resolve(&c, mig_handle_for(1, 1)).is_none());
+        assert!(resolve(&c, mig_handle_for(0, 0)).is_none());
+        assert!(resolve(&c, mig_handle_for(2, 0)).is_none());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use nvml_wrapper::enum_wrappers::device::Brand;
 use nvml_wrapper::error::NvmlError;
-use nvml_wrapper::Nvml;
+use nvml_wrapper::{Device, Nvml};
 
 const DRIVER: &str = "550.54.15";
 
@@ -237,4 +237,205 @@ fn init_is_reference_counted() {
     let second = d.init().expect("second init");
     drop(first);
     assert_eq!(second.device_count().expect("count after one shutdown"), 3);
+}
+
+const MIG_0: &str = "MIG-3f9a2c1e-7b44-5d0e-9a1b-2c3d4e5f6a7b";
+const MIG_1: &str = "MIG-11111111-2222-3333-4444-555555555555";
+const MIG_2: &str = "MIG-aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee";
+
+/// NVML index 0: MIG on with two devices; 1: MIG off (`"mig": []`); 2: no MIG support;
+/// 3: MIG on with one device.
+const MIG: &str = r#"{
+  "driver_version": "550.54.15",
+  "gpus": [
+    {"uuid": "GPU-00000000-0000-0000-0000-000000000004", "minor": 3, "pci_bus_id": "0000:d0:00.0",
+     "mig": [{"uuid": "MIG-aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee", "gi": 7, "ci": 0}]},
+    {"uuid": "GPU-00000000-0000-0000-0000-000000000001", "minor": 0, "pci_bus_id": "0000:1b:00.0",
+     "mig": [{"uuid": "MIG-3f9a2c1e-7b44-5d0e-9a1b-2c3d4e5f6a7b", "gi": 1, "ci": 0},
+             {"uuid": "MIG-11111111-2222-3333-4444-555555555555", "gi": 2, "ci": 1}]},
+    {"uuid": "GPU-00000000-0000-0000-0000-000000000002", "minor": 1, "pci_bus_id": "0000:4c:00.0",
+     "mig": []},
+    {"uuid": "GPU-00000000-0000-0000-0000-000000000003", "minor": 2, "pci_bus_id": "0000:9a:00.0"}
+  ]
+}"#;
+
+/// `NVML_SUCCESS` and `NVML_ERROR_INVALID_ARGUMENT` as the raw bindings return them.
+const RAW_SUCCESS: u32 = 0;
+const RAW_INVALID_ARGUMENT: u32 = 2;
+
+/// Raw `nvmlDeviceGetGpuInstanceId` and `nvmlDeviceGetComputeInstanceId` results:
+/// `Ok((gi, ci))`, or the two return codes.
+fn raw_instance_ids(nvml: &Nvml, dev: &Device<'_>) -> Result<(u32, u32), (u32, u32)> {
+    let (mut gi, mut ci) = (u32::MAX, u32::MAX);
+    // SAFETY: the handle comes from a live `Device` of this `nvml`, and `gi` and `ci` are
+    // valid for writes; the fake exports both symbols, so the bindings' lookups succeed.
+    let rcs = unsafe {
+        let h = dev.handle();
+        (
+            nvml.lib().nvmlDeviceGetGpuInstanceId(h, &mut gi),
+            nvml.lib().nvmlDeviceGetComputeInstanceId(h, &mut ci),
+        )
+    };
+    match rcs {
+        (RAW_SUCCESS, RAW_SUCCESS) => Ok((gi, ci)),
+        other => Err(other),
+    }
+}
+
+/// The raw handle, for comparing devices.
+fn raw_handle(dev: &Device<'_>) -> usize {
+    // SAFETY: only the pointer value is read; it is never dereferenced.
+    unsafe { dev.handle() as usize }
+}
+
+#[test]
+fn mig_devices() {
+    let _g = env_lock();
+    std::env::remove_var("GRES_OCI_FAKE_NVML");
+    let d = Driver::new();
+    d.write_sidecar(MIG);
+    let nvml = d.init().expect("init");
+    // MIG devices are not NVML-indexed devices.
+    assert_eq!(nvml.device_count().expect("count"), 4);
+
+    let gpu = nvml.device_by_index(0).expect("dev 0");
+    let mode = gpu.mig_mode().expect("mig mode");
+    assert_eq!((mode.current, mode.pending), (1, 1));
+    assert_eq!(gpu.mig_device_count().expect("mig count"), 2);
+    assert!(!gpu.mig_is_mig_device_handle().expect("is mig"));
+    assert!(matches!(
+        gpu.mig_parent_device(),
+        Err(NvmlError::InvalidArg)
+    ));
+    assert_eq!(
+        raw_instance_ids(&nvml, &gpu),
+        Err((RAW_INVALID_ARGUMENT, RAW_INVALID_ARGUMENT))
+    );
+
+    let want = [(MIG_0, 1, 0), (MIG_1, 2, 1)];
+    let mut handles = vec![raw_handle(&gpu)];
+    for (i, (uuid, gi, ci)) in want.iter().enumerate() {
+        let idx = u32::try_from(i).expect("small");
+        let mig = gpu.mig_device_by_index(idx).expect("mig by index");
+        handles.push(raw_handle(&mig));
+        assert_eq!(mig.uuid().expect("mig uuid"), *uuid, "mig {i}");
+        assert!(mig.mig_is_mig_device_handle().expect("is mig"));
+        assert_eq!(raw_instance_ids(&nvml, &mig), Ok((*gi, *ci)), "mig {i}");
+        assert_eq!(mig.index().expect("mig index"), idx);
+        let parent = mig.mig_parent_device().expect("parent");
+        assert_eq!(raw_handle(&parent), raw_handle(&gpu));
+        assert_eq!(parent.uuid().expect("uuid"), gpu.uuid().expect("uuid"));
+        // Parent values for minor number and PCI info.
+        assert_eq!(mig.minor_number().expect("minor"), 0);
+        assert_eq!(mig.pci_info().expect("pci").bus_id, "00000000:1B:00.0");
+        // GPU-only calls refuse a MIG handle.
+        assert!(matches!(mig.mig_mode(), Err(NvmlError::InvalidArg)));
+        assert!(matches!(mig.mig_device_count(), Err(NvmlError::InvalidArg)));
+        assert!(matches!(
+            mig.mig_device_by_index(0),
+            Err(NvmlError::InvalidArg)
+        ));
+        // Lookup by MIG UUID gives the same handle.
+        let by_uuid = nvml.device_by_uuid(*uuid).expect("by mig uuid");
+        assert_eq!(raw_handle(&by_uuid), raw_handle(&mig));
+        assert!(by_uuid.mig_is_mig_device_handle().expect("is mig"));
+    }
+    assert!(matches!(
+        gpu.mig_device_by_index(2),
+        Err(NvmlError::NotFound)
+    ));
+
+    // The last GPU's single MIG device has a handle unlike any other.
+    let last = nvml.device_by_index(3).expect("dev 3");
+    assert_eq!(last.mig_device_count().expect("mig count"), 1);
+    let mig = last.mig_device_by_index(0).expect("mig 0");
+    assert_eq!(mig.uuid().expect("uuid"), MIG_2);
+    assert_eq!(raw_instance_ids(&nvml, &mig), Ok((7, 0)));
+    assert_eq!(mig.minor_number().expect("minor"), 3);
+    assert_eq!(mig.pci_info().expect("pci").bus_id, "00000000:D0:00.0");
+    assert_eq!(
+        mig.mig_parent_device()
+            .expect("parent")
+            .index()
+            .expect("index"),
+        3
+    );
+    handles.push(raw_handle(&last));
+    handles.push(raw_handle(&mig));
+    let mut distinct = handles.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), handles.len(), "handles {handles:x?}");
+
+    // `"mig": []`: supported but disabled.
+    let off = nvml.device_by_index(1).expect("dev 1");
+    let mode = off.mig_mode().expect("mig mode");
+    assert_eq!((mode.current, mode.pending), (0, 0));
+    assert!(matches!(
+        off.mig_device_count(),
+        Err(NvmlError::NotSupported)
+    ));
+    assert!(matches!(
+        off.mig_device_by_index(0),
+        Err(NvmlError::NotFound)
+    ));
+    assert!(!off.mig_is_mig_device_handle().expect("is mig"));
+    assert_eq!(
+        raw_instance_ids(&nvml, &off),
+        Err((RAW_INVALID_ARGUMENT, RAW_INVALID_ARGUMENT))
+    );
+
+    // No `mig` key: not supported.
+    let plain = nvml.device_by_index(2).expect("dev 2");
+    assert!(matches!(plain.mig_mode(), Err(NvmlError::NotSupported)));
+    assert!(matches!(
+        plain.mig_device_count(),
+        Err(NvmlError::NotSupported)
+    ));
+    assert!(matches!(
+        plain.mig_device_by_index(0),
+        Err(NvmlError::NotSupported)
+    ));
+    assert!(!plain.mig_is_mig_device_handle().expect("is mig"));
+
+    assert!(matches!(
+        nvml.device_by_uuid("MIG-00000000-0000-0000-0000-000000000000"),
+        Err(NvmlError::NotFound)
+    ));
+    nvml.shutdown().expect("shutdown");
+}
+
+#[test]
+fn bad_mig_json_fails_init() {
+    let _g = env_lock();
+    std::env::remove_var("GRES_OCI_FAKE_NVML");
+    let d = Driver::new();
+    let gpu = |uuid: &str, bus: &str, mig: &str| {
+        format!(r#"{{"uuid": "{uuid}", "minor": 0, "pci_bus_id": "{bus}", "mig": {mig}}}"#)
+    };
+    let one = |uuid: &str| format!(r#"[{{"uuid": "{uuid}", "gi": 1, "ci": 0}}]"#);
+    let bad = [
+        // Not a MIG UUID.
+        vec![gpu("GPU-a", "01:00.0", &one("MIG-3f9a2c1e"))],
+        vec![gpu(
+            "GPU-a",
+            "01:00.0",
+            &one("GPU-3f9a2c1e-7b44-5d0e-9a1b-2c3d4e5f6a7b"),
+        )],
+        // The same MIG UUID on two GPUs.
+        vec![
+            gpu("GPU-a", "01:00.0", &one(MIG_0)),
+            gpu("GPU-b", "02:00.0", &one(MIG_0)),
+        ],
+        // Not a list.
+        vec![gpu("GPU-a", "01:00.0", "7")],
+    ];
+    for gpus in bad {
+        let text = format!(r#"{{"driver_version": "1", "gpus": [{}]}}"#, gpus.join(","));
+        d.write_sidecar(&text);
+        assert!(
+            matches!(d.init(), Err(NvmlError::DriverNotLoaded)),
+            "{text}"
+        );
+    }
 }
