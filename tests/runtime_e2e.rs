@@ -739,3 +739,130 @@ fn mig_devices_get_parent_and_capabilities() {
         node.log()
     );
 }
+
+/// 64 containers at once on one node, every fourth asking for a GPU that does not exist: each
+/// ends as it should, and the shared log holds one intact line per container.
+#[test]
+fn many_concurrent_containers() {
+    let node = setup();
+    const N: usize = 64;
+    let results: Vec<(usize, bool, String)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..N)
+            .map(|i| {
+                let node = &node;
+                s.spawn(move || {
+                    let fail = i % 4 == 3;
+                    let nvd = if fail {
+                        "NVIDIA_VISIBLE_DEVICES=9".to_string()
+                    } else {
+                        format!("NVIDIA_VISIBLE_DEVICES={}", i % 4)
+                    };
+                    let b = Bundle::new(BundleOpts {
+                        env: &[nvd.as_str()],
+                        script: "ls /dev",
+                        hook_config: Some(&node.config()),
+                        ..Default::default()
+                    });
+                    let rt = if i % 2 == 0 {
+                        Runtime::Runc
+                    } else {
+                        Runtime::Crun
+                    };
+                    let o = b.run(rt);
+                    (i, o.status.success(), text(&o))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    // NVML index i % 4 → minor, for the fake node's PCI order.
+    let minor = [2, 0, 3, 1];
+    for (i, ok, out) in &results {
+        if i % 4 == 3 {
+            assert!(!ok, "container {i} should have failed: {out}");
+        } else {
+            assert!(ok, "container {i}: {out}");
+            let m = minor[i % 4];
+            assert!(
+                out.contains(&format!("nvidia{m}\n")),
+                "container {i}: {out}"
+            );
+            let others = (0..4)
+                .filter(|&x| x != m)
+                .filter(|x| out.contains(&format!("nvidia{x}\n")))
+                .count();
+            assert_eq!(others, 0, "container {i} got other GPUs: {out}");
+        }
+    }
+    let log = node.log();
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains(" INFO injected id="))
+            .count(),
+        N / 4 * 3,
+        "{log}"
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains(" ERROR ") && l.contains("GPU 9 is not on this node"))
+            .count(),
+        N / 4,
+        "{log}"
+    );
+    assert_eq!(lines.len(), N, "stray or torn lines: {log}");
+    assert!(lines.iter().all(|l| l.starts_with("20")), "{log}");
+}
+
+/// The image's LD_PRELOAD and linker configuration never reach the hook's helpers: ldconfig
+/// runs from the host with an empty environment.
+#[test]
+fn image_environment_does_not_reach_helpers() {
+    let node = setup();
+    let marker = tempfile::tempdir().unwrap();
+    let flag = marker.path().join("preload-ran");
+    let case = Case {
+        node: &node,
+        env: &[
+            "NVIDIA_VISIBLE_DEVICES=0",
+            "LD_PRELOAD=/evil.so",
+            "LD_LIBRARY_PATH=/evil",
+        ],
+        readonly: false,
+        debian: true,
+    };
+    let (b, out) = case.bundle();
+    // A preload library that records any process it is loaded into, at the same path inside the
+    // image and on the host.
+    let src = marker.path().join("evil.c");
+    std::fs::write(&src, format!("#include <stdio.h>\n__attribute__((constructor)) static void f(void) {{ FILE *x = fopen(\"{}\", \"a\"); if (x) fclose(x); }}\n", flag.display())).unwrap();
+    for dst in [b.rootfs().join("evil.so"), marker.path().join("evil.so")] {
+        let st = Command::new("cc")
+            .args(["-shared", "-fPIC", "-o"])
+            .arg(&dst)
+            .arg(&src)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    std::fs::create_dir_all(b.rootfs().join("etc/ld.so.conf.d")).unwrap();
+    std::fs::write(
+        b.rootfs().join("etc/ld.so.conf"),
+        "include /etc/ld.so.conf.d/*.conf\n/evil\n/proc/self/root\n",
+    )
+    .unwrap();
+    std::fs::write(
+        b.rootfs().join("etc/ld.so.conf.d/x.conf"),
+        "/../../../../etc\n",
+    )
+    .unwrap();
+    let o = b.run(Runtime::Runc);
+    assert!(o.status.success(), "{}", text(&o));
+    check_ldcache(out.path(), "/usr/lib/x86_64-linux-gnu");
+    assert!(
+        !flag.exists(),
+        "the image's LD_PRELOAD ran in a process the hook started"
+    );
+}

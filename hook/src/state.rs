@@ -90,6 +90,24 @@ impl Bundle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever a runtime (or anything else) writes on stdin: an error, never a panic.
+        #[test]
+        fn state_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = State::read(&bytes[..]);
+        }
+
+        #[test]
+        fn state_shaped_never_panics(id in ".{0,20}", pid in any::<i64>(), bundle in ".{0,30}", key in prop_oneof![Just("bundle"), Just("bundlePath"), Just("root")]) {
+            let json = serde_json::json!({"id": id, "pid": pid, key: bundle});
+            if let Err(e) = State::read(json.to_string().as_bytes()) {
+                let msg = format!("{e:#}");
+                prop_assert!(!msg.contains('\n'), "{}", msg);
+            }
+        }
+    }
 
     #[test]
     fn state_forms() {
