@@ -40,6 +40,16 @@ pub enum Ldconfig {
     Disabled,
 }
 
+/// The policy for containers that are not in a Slurm step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutsideSlurm {
+    /// Whatever the container asks for (a plain podman or runc host).
+    Allow,
+    /// No GPU at all: on a Slurm-only node, a container outside a step is an escape attempt.
+    Deny,
+}
+
 /// The validated configuration, with every default filled in.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Config {
@@ -61,6 +71,10 @@ pub struct Config {
     pub library_search_dirs: Vec<PathBuf>,
     /// Directories (inside the driver root) searched for the driver's binaries.
     pub binary_search_dirs: Vec<PathBuf>,
+    /// Where the SPANK plugin records each step's GPUs (root-only).
+    pub state_dir: PathBuf,
+    /// What a container outside any Slurm step may have.
+    pub outside_slurm: OutsideSlurm,
     /// Keys of NVIDIA's format that are accepted and have no effect here.
     pub ignored_keys: Vec<String>,
 }
@@ -85,6 +99,8 @@ impl Default for Config {
                 .iter()
                 .map(PathBuf::from)
                 .collect(),
+            state_dir: PathBuf::from("/run/gres-oci"),
+            outside_slurm: OutsideSlurm::Allow,
             ignored_keys: Vec::new(),
         }
     }
@@ -125,6 +141,8 @@ struct RawOurs {
     log_level: Option<String>,
     library_search_dirs: Option<Vec<PathBuf>>,
     binary_search_dirs: Option<Vec<PathBuf>>,
+    state_dir: Option<PathBuf>,
+    outside_slurm: Option<OutsideSlurm>,
 }
 
 impl Config {
@@ -201,6 +219,10 @@ impl Config {
         abs!(dev_root, "gres-oci.dev-root");
         abs!(proc_root, "gres-oci.proc-root");
         abs!(gres_conf, "gres-oci.gres-conf");
+        abs!(state_dir, "gres-oci.state-dir");
+        if let Some(p) = ours.outside_slurm {
+            c.outside_slurm = p;
+        }
         if let Some(p) = ours.nvml_library {
             c.nvml_library = Some(absolute(p).map_err(|m| invalid("gres-oci.nvml-library", m))?);
         }
@@ -389,6 +411,8 @@ gres-conf = "/tmp/x/gres.conf"
 log-file = "/tmp/x/hook.log"
 log-level = "debug"
 library-search-dirs = ["/opt/nvidia/lib"]
+state-dir = "/tmp/x/state"
+outside-slurm = "deny"
 "#,
         )
         .unwrap();
@@ -433,6 +457,10 @@ library-search-dirs = ["/opt/nvidia/lib"]
             (
                 "[gres-oci]\nlog-level = \"loud\"\n",
                 &["gres-oci.log-level", "loud"][..],
+            ),
+            (
+                "[gres-oci]\noutside-slurm = \"maybe\"\n",
+                &["config.toml", "maybe"][..],
             ),
             (
                 "[nvidia-container-cli]\nenvironment = [\"X\"]\n",

@@ -175,6 +175,10 @@ pub enum LdCacheError {
         field: &'static str,
         offset: u64,
     },
+    /// The cache reads fine but [`updated_cache`] cannot rewrite it without
+    /// changing what `ld.so` resolves; the caller should run `ldconfig`.
+    #[error("{}: cannot rewrite this ld.so.cache in place: {reason}", .path.display())]
+    NotRewritable { path: PathBuf, reason: String },
 }
 
 /// A decoded `ld.so.cache`.

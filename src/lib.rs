@@ -3,6 +3,7 @@
 //! The data flow is `Config` + `Request` + `Inventory` + `DriverFiles` → [`plan::plan`] →
 //! [`plan::Plan`]; the binaries only gather those inputs and carry the plan out.
 
+pub mod allocation;
 pub mod config;
 pub mod driver;
 pub mod elf;

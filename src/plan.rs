@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use crate::config::{Config, Ldconfig};
 use crate::driver::DriverFiles;
 use crate::inventory::{Gpu, Inventory, Source};
-use crate::request::{Request, RequestError};
+use crate::request::{Devices, Request, RequestError, Selection};
+use crate::selection::DeviceRequest;
 use crate::selection::{check_requirements, Capabilities, Capability, Facts, SelectionError};
 
 /// A host character device: its number, read by the caller from `dev-root`.
@@ -132,8 +133,23 @@ pub enum PlanError {
     Requirement(#[from] SelectionError),
     #[error("device node {name} not found under {dev_root}")]
     MissingDevice { name: String, dev_root: PathBuf },
+    #[error("GPU {gpu} is not allocated to this Slurm step (allocated: {allocated})")]
+    NotAllocated { gpu: String, allocated: String },
+    #[error("container is not in a Slurm step, and this node's policy (outside-slurm = \"deny\") gives it no GPU")]
+    OutsideSlurm,
     #[error("MIG device {uuid}: no {cap} in the driver's mig-minors list")]
     MissingMigCap { uuid: String, cap: String },
+}
+
+/// What the container may have, learned from something it cannot forge.
+#[derive(Debug, Clone, Copy)]
+pub enum Allocation<'a> {
+    /// Not in a Slurm step, and the node allows that: anything on the node.
+    Unrestricted,
+    /// Not in a Slurm step, and the node denies GPUs to such containers.
+    Denied,
+    /// The step's (or task's) GPUs as the plugin recorded them.
+    Step(&'a [crate::request::PhysicalId]),
 }
 
 /// The inputs of [`plan`], gathered by the caller.
@@ -147,6 +163,7 @@ pub struct Inputs<'a> {
     pub devices: &'a HostDevices,
     /// `mig-minors`: capability name → minor of `nvidia-caps/nvidia-capN`; empty without MIG.
     pub mig_minors: &'a BTreeMap<String, u32>,
+    pub allocation: Allocation<'a>,
     pub config: &'a Config,
 }
 
@@ -157,7 +174,8 @@ pub struct Inputs<'a> {
 /// An unknown or MIG GPU id, an unsatisfied requirement, a device node missing on the host.
 pub fn plan(i: &Inputs) -> Result<Plan, PlanError> {
     let inv = i.inventory;
-    let selection = i.request.select(inv)?;
+    let mut selection = i.request.select(inv)?;
+    restrict(&mut selection, i.request, i.allocation)?;
     let gpus = selection.nodes();
     // A MIG device is judged by its parent's arch and brand, as NVIDIA does.
     let facts: Vec<Facts> = gpus
@@ -315,6 +333,38 @@ pub fn plan(i: &Inputs) -> Result<Plan, PlanError> {
         cgroup_rules,
         ldcache,
     })
+}
+
+/// Applies the allocation: `all` (NVIDIA's CUDA images carry `NVIDIA_VISIBLE_DEVICES=all`)
+/// means all the step's GPUs; a GPU named explicitly outside the allocation is refused, so a
+/// forged list or another job's GPU fails loudly instead of silently shrinking.
+fn restrict(sel: &mut Selection, request: &Request, alloc: Allocation) -> Result<(), PlanError> {
+    let allowed = match alloc {
+        Allocation::Unrestricted => return Ok(()),
+        Allocation::Denied if sel.gpus.is_empty() && sel.migs.is_empty() => return Ok(()),
+        Allocation::Denied => return Err(PlanError::OutsideSlurm),
+        Allocation::Step(ids) => ids,
+    };
+    let ok = |g: &Gpu| allowed.iter().any(|id| id.matches(g));
+    if matches!(request.devices, Devices::Nvidia(DeviceRequest::All)) {
+        sel.gpus.retain(|g| ok(g));
+        sel.migs.retain(|(g, _)| ok(g));
+        return Ok(());
+    }
+    if let Some(g) = sel.nodes().into_iter().find(|g| !ok(g)) {
+        return Err(PlanError::NotAllocated {
+            gpu: g
+                .uuid
+                .clone()
+                .unwrap_or_else(|| format!("minor:{}", g.minor)),
+            allocated: allowed
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        });
+    }
+    Ok(())
 }
 
 /// One step of carrying out a plan inside the container's mount namespace. Paths in `target`
@@ -490,7 +540,7 @@ mod tests {
                 ci: 1,
             },
         ];
-        plan_with(env, config, layout, &inv)
+        plan_with(env, config, layout, &inv, Allocation::Unrestricted)
     }
 
     fn plan_with(
@@ -498,6 +548,7 @@ mod tests {
         config: &Config,
         layout: Layout,
         inv: &Inventory,
+        allocation: Allocation,
     ) -> Result<Plan, PlanError> {
         let env: Vec<String> = env.iter().map(|s| s.to_string()).collect();
         let map = env_map(&env).unwrap();
@@ -523,6 +574,7 @@ mod tests {
             driver: &drv,
             devices: &dev,
             mig_minors: &mig_minors(),
+            allocation,
             config,
         })
     }
@@ -688,10 +740,56 @@ mod tests {
             gi: 9,
             ci: 0,
         }];
-        let e = plan_with(&["NVIDIA_VISIBLE_DEVICES=0:0"], &c, Layout::Debian, &inv)
-            .unwrap_err()
-            .to_string();
+        let e = plan_with(
+            &["NVIDIA_VISIBLE_DEVICES=0:0"],
+            &c,
+            Layout::Debian,
+            &inv,
+            Allocation::Unrestricted,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("gpu2/gi9/access"), "{e}");
+    }
+
+    #[test]
+    fn allocation_bounds_what_any_variable_can_reach() {
+        use crate::request::PhysicalId;
+        let c = Config::default();
+        let inv = inventory();
+        // The step holds minor 0 (NVML index 1) only.
+        let ids = [PhysicalId::Minor(0)];
+        let step = Allocation::Step(&ids);
+        let got = |env: &[&str]| plan_with(env, &c, Layout::Debian, &inv, step).map(|p| minors(&p));
+        assert_eq!(
+            got(&["NVIDIA_VISIBLE_DEVICES=all"]).unwrap(),
+            vec![0],
+            "all = all allocated"
+        );
+        assert_eq!(got(&["NVIDIA_VISIBLE_DEVICES=1"]).unwrap(), vec![0]);
+        assert_eq!(
+            got(&["NVIDIA_VISIBLE_DEVICES=none"]).unwrap(),
+            Vec::<u32>::new()
+        );
+        for forged in [
+            &["NVIDIA_VISIBLE_DEVICES=0"][..],
+            &["NVIDIA_VISIBLE_DEVICES=1,2"],
+            &["NVIDIA_VISIBLE_DEVICES=GPU-00000000-0000-0000-0000-000000000001"],
+            &["GRES_OCI_GPUS=minor:1"],
+            &["GRES_OCI_GPUS=minor:0,minor:2"],
+        ] {
+            let e = got(forged).unwrap_err().to_string();
+            assert!(
+                e.contains("not allocated to this Slurm step") && e.contains("allocated: minor:0"),
+                "{forged:?}: {e}"
+            );
+        }
+        let deny = |env: &[&str]| plan_with(env, &c, Layout::Debian, &inv, Allocation::Denied);
+        assert!(deny(&["NVIDIA_VISIBLE_DEVICES=all"])
+            .unwrap_err()
+            .to_string()
+            .contains("outside-slurm"));
+        assert!(deny(&["NVIDIA_VISIBLE_DEVICES=none"]).is_ok());
     }
 
     #[test]
@@ -788,6 +886,7 @@ mod tests {
             driver: &drv,
             devices: &dev,
             mig_minors: &BTreeMap::new(),
+            allocation: Allocation::Unrestricted,
             config: &c,
         })
         .unwrap_err()

@@ -866,3 +866,38 @@ fn image_environment_does_not_reach_helpers() {
         "the image's LD_PRELOAD ran in a process the hook started"
     );
 }
+
+/// `outside-slurm = "deny"`: a container that no Slurm step started gets no GPU, whatever it
+/// asks for, and says why.
+#[test]
+fn outside_slurm_deny_policy() {
+    let node = setup();
+    node.edit_config(|c| c.replace("[gres-oci]", "[gres-oci]\noutside-slurm = \"deny\""));
+    let (b, _out) = Case {
+        node: &node,
+        env: &["NVIDIA_VISIBLE_DEVICES=all"],
+        readonly: false,
+        debian: true,
+    }
+    .bundle();
+    let o = b.run(Runtime::Runc);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not in a Slurm step"),
+        "{}",
+        text(&o)
+    );
+    // The driver alone (no GPU) is still fine.
+    let (seen, _out) = Case {
+        node: &node,
+        env: &["NVIDIA_VISIBLE_DEVICES=none"],
+        readonly: false,
+        debian: true,
+    }
+    .run(Runtime::Runc);
+    assert!(seen.nodes().contains("nvidiactl"));
+    assert!(!seen
+        .nodes()
+        .iter()
+        .any(|n| n.len() > 6 && n[6..].parse::<u32>().is_ok()));
+}

@@ -4,12 +4,13 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use gres_oci::config::Config;
+use gres_oci::allocation::{allowed_gpus, find_step, StepRef};
+use gres_oci::config::{Config, OutsideSlurm};
 use gres_oci::driver::{resolve_in, DriverRoot};
 use gres_oci::inventory::{read_mig_minors, read_nvml, read_procfs, scan_dev_root, Inventory};
 use gres_oci::ldcache::{native_arch, LdCache};
-use gres_oci::plan::{plan, Inputs, Layout, Plan};
-use gres_oci::request::{env_map, Request};
+use gres_oci::plan::{plan, Allocation, Inputs, Layout, Plan};
+use gres_oci::request::{env_map, PhysicalId, Request};
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 use crate::state::Bundle;
@@ -97,15 +98,53 @@ fn layout(rootfs: &Path) -> Layout {
     }
 }
 
-/// The plan for one bundle; `None` for a container that asks for no GPU.
+/// What the container at `pid` may have: its Slurm step's recorded GPUs when a root-owned
+/// slurmstepd is among its ancestors, else the node's `outside-slurm` policy. Without a pid
+/// (`plan --bundle`) nothing is restricted. `Ok(None)` for the allowed list means the node
+/// has no state dir at all: the plugin is not deployed there, so the hook cannot know the
+/// allocation and leaves it to Slurm's device cgroup (ConstrainDevices).
+fn allocation(
+    config: &Config,
+    pid: Option<i32>,
+) -> Result<(Option<StepRef>, Option<Vec<PhysicalId>>)> {
+    let Some(step) = pid.and_then(|p| find_step(Path::new("/proc"), p)) else {
+        return Ok((None, None));
+    };
+    if !config.state_dir.exists() {
+        tracing::warn!(dir = %config.state_dir.display(), "no gres-oci state dir: Slurm allocation not enforced by the hook");
+        return Ok((Some(step), None));
+    }
+    let ids = allowed_gpus(&config.state_dir, &step)?;
+    Ok((Some(step), Some(ids)))
+}
+
+/// The plan for one bundle; `None` for a container that asks for no GPU. `pid` is the
+/// container's, when there is one.
 ///
 /// # Errors
 /// Any input that is missing or malformed, or a request the node cannot satisfy.
-pub fn build_plan(config: &Config, bundle: &Bundle, container_id: &str) -> Result<Option<Plan>> {
+pub fn build_plan(
+    config: &Config,
+    bundle: &Bundle,
+    container_id: &str,
+    pid: Option<i32>,
+) -> Result<Option<Plan>> {
     let env = env_map(&bundle.env).context("config.json")?;
     let Some(request) = Request::from_env(&env, config)? else {
         return Ok(None);
     };
+    let (step, allowed) = allocation(config, pid)?;
+    let allocation = match (&step, config.outside_slurm) {
+        (Some(_), _) => allowed
+            .as_deref()
+            .map_or(Allocation::Unrestricted, Allocation::Step),
+        (None, _) if pid.is_none() => Allocation::Unrestricted,
+        (None, OutsideSlurm::Allow) => Allocation::Unrestricted,
+        (None, OutsideSlurm::Deny) => Allocation::Denied,
+    };
+    if let Some(s) = &step {
+        tracing::debug!(job = s.job, step = %s.step, allowed = ?allowed, "container is in a Slurm step");
+    }
     let cache = driver_cache(config)?;
     let inv = inventory(config, &cache, Some(&request))?;
     let driver = DriverRoot {
@@ -134,7 +173,12 @@ pub fn build_plan(config: &Config, bundle: &Bundle, container_id: &str) -> Resul
         driver: &driver,
         devices: &devices,
         mig_minors: &mig_minors,
+        allocation,
         config,
+    })
+    .map_err(|e| match &step {
+        Some(s) => anyhow::Error::from(e).context(format!("job {} step {}", s.job, s.step)),
+        None => e.into(),
     })?;
     Ok(Some(p))
 }

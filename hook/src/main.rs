@@ -188,7 +188,7 @@ fn run(argv: &[String]) -> Result<()> {
             init_logging(&config, args.debug);
             let bundle = sub_flag(&args.rest, "bundle")?.context("plan needs --bundle DIR")?;
             let b = state::Bundle::load(Path::new(&bundle))?;
-            let plan = gather::build_plan(&config, &b, "plan")?;
+            let plan = gather::build_plan(&config, &b, "plan", None)?;
             println!("{}", serde_json::to_string_pretty(&plan)?);
             Ok(())
         }
@@ -218,7 +218,7 @@ fn prestart(config: &Config) -> Result<()> {
     let bundle_dir = state.bundle().context("no bundle")?.to_owned();
     let pid = state.pid.context("no pid")?;
     let bundle = state::Bundle::load(&bundle_dir)?;
-    let Some(plan) = gather::build_plan(config, &bundle, &state.id)? else {
+    let Some(plan) = gather::build_plan(config, &bundle, &state.id, Some(pid))? else {
         tracing::debug!(id = %state.id, "not a GPU container");
         return Ok(());
     };
