@@ -419,7 +419,8 @@ fn hook(args: &[&str], stdin: &[u8]) -> std::process::Output {
         .env_clear()
         .spawn()
         .unwrap();
-    c.stdin.take().unwrap().write_all(stdin).unwrap();
+    // The hook may exit before reading stdin (a bad config); a broken pipe is expected then.
+    let _ = c.stdin.take().unwrap().write_all(stdin);
     c.wait_with_output().unwrap()
 }
 
