@@ -2,10 +2,12 @@
 //! wire it (`-config=PATH prestart`, OCI state on stdin), plus `plan` and `info` for admins.
 
 mod apply;
+mod cdi_cmd;
 mod cgroup;
 mod gather;
 mod ns;
 mod state;
+mod update_ldcache;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -24,6 +26,12 @@ Commands:
   plan --bundle DIR        print, as JSON, every edit prestart would make for that bundle
   info [--json] [--source procfs|nvml]
                            print the driver, the GPUs and the driver files per capability
+  cdi generate [--vendor V --class C] [--format json|yaml] [--output FILE] [--capabilities LIST]
+                           write a CDI spec for this node's GPUs and driver (cdi --help)
+  cdi validate FILE        check a CDI spec against the schema of its cdiVersion
+  update-ldcache [--link PATH::TARGET]... [--folder DIR]...
+                           OCI createContainer hook of generated CDI specs: soname links
+                           and the linker cache
   poststart, poststop, …   any other hook stage: do nothing, exit 0
 
 Options (before the command, Go-flag style: -x, --x, -x=V, -x V):
@@ -205,6 +213,8 @@ fn run(argv: &[String]) -> Result<()> {
                 has_flag(&args.rest, "json"),
             )
         }
+        "cdi" => cdi_cmd::run(args.config.as_deref(), &args.rest),
+        "update-ldcache" => update_ldcache::run(&args.rest),
         // Every other stage is a no-op, so one hook entry can be listed for several stages.
         _ => Ok(()),
     }

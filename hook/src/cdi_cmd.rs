@@ -1,0 +1,336 @@
+//! `gres-oci-hook cdi generate|validate`: writes a CDI spec for this node's GPUs and driver
+//! (gathered as the prestart hook gathers them), and checks a spec file against the CDI
+//! schema of the version it declares.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use gres_oci::cdi::{self, CdiOptions};
+use gres_oci::config::{Config, Ldconfig};
+use gres_oci::driver::DriverRoot;
+use gres_oci::inventory::{read_mig_minors, scan_dev_root};
+use gres_oci::selection::parse_capabilities;
+
+use crate::gather;
+
+pub const USAGE: &str = "\
+Usage: gres-oci-hook cdi generate [--config PATH] [--vendor NAME] [--class NAME]
+                                  [--format json|yaml] [--output FILE]
+                                  [--capabilities LIST] [--hook-path PATH]
+       gres-oci-hook cdi validate FILE
+
+generate  write a CDI spec (cdiVersion 0.5.0) for this node: one device per GPU by NVML
+          index and by UUID, one per MIG device (G:M and MIG-UUID), and `all`; the driver
+          files for LIST (default utility,compute) and a createContainer hook that runs
+          `gres-oci-hook update-ldcache`. Default kind nvidia.com/gpu, JSON on stdout; a
+          FILE is written atomically, as YAML when it ends in .yaml or .yml. --hook-path
+          defaults to this program's own absolute path.
+validate  check FILE (JSON or YAML) against the CDI schema of the cdiVersion it declares.
+
+Specs are read by podman from /etc/cdi and /var/run/cdi; podman 4.x reads cdiVersion up to
+0.5.0 only.
+";
+
+/// Subcommand arguments: `--name value`, `--name=value`, switches and positionals. Unknown
+/// flags are errors.
+pub struct Flags {
+    pub values: BTreeMap<String, Vec<String>>,
+    pub switches: Vec<String>,
+    pub positional: Vec<String>,
+}
+
+impl Flags {
+    /// # Errors
+    /// An unknown flag, or a flag without its value.
+    pub fn parse(rest: &[String], with_value: &[&str], switches: &[&str]) -> Result<Flags> {
+        let mut f = Flags {
+            values: BTreeMap::new(),
+            switches: Vec::new(),
+            positional: Vec::new(),
+        };
+        let mut it = rest.iter();
+        while let Some(a) = it.next() {
+            let Some(flag) = a.strip_prefix("--").or_else(|| a.strip_prefix('-')) else {
+                f.positional.push(a.clone());
+                continue;
+            };
+            if flag.is_empty() {
+                f.positional.extend(it.by_ref().cloned());
+                break;
+            }
+            let (name, inline) = match flag.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_owned())),
+                None => (flag, None),
+            };
+            if with_value.contains(&name) {
+                let v = match inline {
+                    Some(v) => v,
+                    None => it
+                        .next()
+                        .cloned()
+                        .with_context(|| format!("--{name} needs a value"))?,
+                };
+                f.values.entry(name.to_owned()).or_default().push(v);
+            } else if switches.contains(&name) && inline.is_none() {
+                f.switches.push(name.to_owned());
+            } else {
+                bail!("unknown flag: {a}");
+            }
+        }
+        Ok(f)
+    }
+
+    /// The last value given for `name`.
+    pub fn last(&self, name: &str) -> Option<&str> {
+        self.values
+            .get(name)
+            .and_then(|v| v.last())
+            .map(String::as_str)
+    }
+
+    pub fn all(&self, name: &str) -> &[String] {
+        self.values.get(name).map_or(&[], Vec::as_slice)
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.switches.iter().any(|s| s == name)
+    }
+}
+
+/// `cdi …`; `global_config` is the `-config=` given before the command.
+///
+/// # Errors
+/// Bad arguments, a node the spec cannot be made for, an invalid spec file.
+pub fn run(global_config: Option<&Path>, rest: &[String]) -> Result<()> {
+    let Some((sub, rest)) = rest.split_first() else {
+        eprint!("{USAGE}");
+        bail!("cdi needs a subcommand: generate or validate");
+    };
+    match sub.as_str() {
+        "generate" => {
+            let f = Flags::parse(
+                rest,
+                &[
+                    "config",
+                    "vendor",
+                    "class",
+                    "format",
+                    "output",
+                    "capabilities",
+                    "hook-path",
+                ],
+                &["help", "h"],
+            )?;
+            if f.has("help") || f.has("h") {
+                print!("{USAGE}");
+                return Ok(());
+            }
+            if let Some(p) = f.positional.first() {
+                bail!("cdi generate takes no argument {p:?}");
+            }
+            generate(global_config, &f)
+        }
+        "validate" => {
+            let f = Flags::parse(rest, &[], &["help", "h"])?;
+            if f.has("help") || f.has("h") {
+                print!("{USAGE}");
+                return Ok(());
+            }
+            let [file] = f.positional.as_slice() else {
+                bail!("cdi validate needs exactly one FILE");
+            };
+            validate(Path::new(file))
+        }
+        "-h" | "--help" | "-help" | "help" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => bail!("unknown cdi subcommand {other:?} (generate or validate)"),
+    }
+}
+
+fn generate(global_config: Option<&Path>, f: &Flags) -> Result<()> {
+    let config = Config::load(global_config.or(f.last("config").map(Path::new)))?;
+    let format = match (f.last("format"), f.last("output")) {
+        (Some("json"), _) => "json",
+        (Some("yaml" | "yml"), _) => "yaml",
+        (Some(other), _) => bail!("--format must be json or yaml, not {other:?}"),
+        (None, Some(o)) if o.ends_with(".yaml") || o.ends_with(".yml") => "yaml",
+        (None, _) => "json",
+    };
+    let capabilities = parse_capabilities(
+        Some(f.last("capabilities").unwrap_or("")),
+        false,
+        &config.supported_capabilities,
+    )
+    .context("--capabilities")?;
+    let hook_path = match f.last("hook-path") {
+        Some(p) => PathBuf::from(p),
+        None => std::env::current_exe().context("cannot find this program's own path")?,
+    };
+    if !hook_path.is_absolute() {
+        bail!("--hook-path {}: must be absolute", hook_path.display());
+    }
+
+    let cache = gather::driver_cache(&config)?;
+    let inv = gather::inventory(&config, &cache, None)?;
+    let driver = DriverRoot {
+        root: &config.driver_root,
+        cache: &cache,
+        version: &inv.driver_version,
+        library_search_dirs: &config.library_search_dirs,
+        binary_search_dirs: &config.binary_search_dirs,
+    }
+    .discover(&capabilities);
+    let devices = scan_dev_root(&config.dev_root)?;
+    let mig_minors = if inv.gpus.iter().any(|g| !g.migs.is_empty()) {
+        read_mig_minors(&config.proc_root)?
+    } else {
+        Default::default()
+    };
+    let defaults = CdiOptions::default();
+    let opts = CdiOptions {
+        vendor: f.last("vendor").unwrap_or(&defaults.vendor).to_owned(),
+        class: f.last("class").unwrap_or(&defaults.class).to_owned(),
+        driver_root: config.driver_root.clone(),
+        dev_root: config.dev_root.clone(),
+        capabilities,
+        hook_path,
+        ldconfig: match &config.ldconfig {
+            Ldconfig::Host(p) => Some(p.clone()),
+            Ldconfig::Disabled => None,
+        },
+        mig_minors,
+    };
+    let spec = cdi::generate(&inv, &driver, &devices, &opts)?;
+    let text = if format == "yaml" {
+        cdi::to_yaml(&spec)?
+    } else {
+        cdi::to_json(&spec)?
+    };
+    match f.last("output") {
+        Some(out) => write_atomically(Path::new(out), text.as_bytes()),
+        None => {
+            std::io::stdout()
+                .write_all(text.as_bytes())
+                .context("writing the spec to stdout")?;
+            Ok(())
+        }
+    }
+}
+
+/// Writes `path` through a temporary file in the same directory, then renames it over: a
+/// runtime that watches the CDI directory never reads half a spec.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = path
+        .file_name()
+        .with_context(|| format!("{}: not a file name", path.display()))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp{}", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let result = (|| -> Result<()> {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&tmp)
+            .with_context(|| format!("{}: cannot create", tmp.display()))?;
+        file.write_all(bytes)
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("{}: cannot write", tmp.display()))?;
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("{}: cannot replace", path.display()))?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn validate(file: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("{}: cannot read", file.display()))?;
+    let value = cdi::parse(&text).with_context(|| file.display().to_string())?;
+    cdi::validate(&value).with_context(|| file.display().to_string())?;
+    println!(
+        "{}: valid CDI {} spec for {} ({} devices)",
+        file.display(),
+        value["cdiVersion"].as_str().unwrap_or("?"),
+        value["kind"].as_str().unwrap_or("?"),
+        value["devices"].as_array().map_or(0, Vec::len)
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn flag_forms() {
+        let f = Flags::parse(
+            &args(&[
+                "--link",
+                "a::b",
+                "--link=c::d",
+                "-folder",
+                "/x",
+                "pos",
+                "--help",
+            ]),
+            &["link", "folder"],
+            &["help"],
+        )
+        .unwrap();
+        assert_eq!(f.all("link"), ["a::b", "c::d"]);
+        assert_eq!(f.last("folder"), Some("/x"));
+        assert_eq!(f.positional, ["pos"]);
+        assert!(f.has("help"));
+        assert!(Flags::parse(&args(&["--bogus"]), &["link"], &[]).is_err());
+        assert!(Flags::parse(&args(&["--link"]), &["link"], &[]).is_err());
+        assert!(Flags::parse(&args(&["--help=1"]), &[], &["help"]).is_err());
+    }
+
+    #[test]
+    fn atomic_write_replaces() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("spec.json");
+        std::fs::write(&p, "old").unwrap();
+        write_atomically(&p, b"new").unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "new");
+        assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1);
+        assert!(write_atomically(&t.path().join("no/such/dir/x"), b"x").is_err());
+    }
+
+    #[test]
+    fn validate_reports_the_file_and_field() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("bad.yaml");
+        std::fs::write(
+            &p,
+            "cdiVersion: 0.5.0\nkind: x/y\ndevices:\n- name: '-a'\n  containerEdits: {}\n",
+        )
+        .unwrap();
+        let e = format!("{:#}", validate(&p).unwrap_err());
+        assert!(e.contains("bad.yaml: devices[0].name"), "{e}");
+        std::fs::write(
+            &p,
+            "cdiVersion: 0.5.0\nkind: x/y\ndevices:\n- name: a\n  containerEdits: {}\n",
+        )
+        .unwrap();
+        validate(&p).unwrap();
+    }
+}
