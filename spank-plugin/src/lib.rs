@@ -1,0 +1,641 @@
+//! gres-oci's SPANK plugin: tells each job step (and, with per-task GPU binding, each task)
+//! which physical GPUs Slurm gave it, so the OCI hook injects exactly those into its containers.
+//!
+//! It is a thin adapter: callbacks gather Slurm's variables, options and this node's files,
+//! the pure modules decide ([`resolve`], [`args`], [`spool`]), and the callbacks write the
+//! job environment or patch the 22.05 spool config. No threads, no NVML (procfs only), no
+//! panics across the FFI boundary (slurm-spank's wrapper catches them).
+//!
+//! | callback | context | work |
+//! |---|---|---|
+//! | `init` | all | parse plugstack.conf args, register `--gres-oci`, `--gres-oci-caps` |
+//! | `init_post_opt` | srun/sbatch/salloc | reject bad option values before anything starts |
+//! | `user_init` | slurmstepd, once per step | read the step's GPUs, set the step's variables |
+//! | `task_init` | task, before exec | per-task binding; patch the 22.05 `--container` config |
+//!
+//! Variables: `GRES_OCI_GPUS` (physical ids, preferred by the hook), `NVIDIA_VISIBLE_DEVICES`
+//! (UUIDs), `NVIDIA_DRIVER_CAPABILITIES` (when `--gres-oci-caps`/`caps=` gives one), and for
+//! container steps (`SLURM_CONTAINER`) `CUDA_VISIBLE_DEVICES` renumbered for the container plus
+//! `CUDA_DEVICE_ORDER=PCI_BUS_ID`. Host steps keep Slurm's own `CUDA_VISIBLE_DEVICES`.
+
+pub mod args;
+pub mod ffi;
+pub mod resolve;
+pub mod spool;
+
+use std::error::Error;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+
+use gres_oci::config::Config;
+use gres_oci::gres::{GresConf, GresError};
+use gres_oci::inventory::Inventory;
+use gres_oci::request::GPUS_VAR;
+use slurm_spank::{spank_log, Context, LogLevel, Plugin, SpankHandle, SpankOption};
+
+use args::{settings, Settings, SiteArgs, OPT_CAPS, OPT_ENABLE};
+use resolve::{GpuBind, GpuEnv, NodeGpu};
+
+/// `SLURM_VERSION_NUMBER` of the headers found by build.rs (SLURM_INCLUDE_DIR).
+pub const SLURM_VERSION_NUMBER: u32 = parse_hex(env!("GRES_OCI_SPANK_SLURM_VERSION"));
+
+// slurm-spank's bindgen read `<slurm/spank.h>` on its own include path; if that was another
+// Slurm than SLURM_INCLUDE_DIR, the bindings and our version would disagree.
+const _: () = assert!(
+    SLURM_VERSION_NUMBER == slurm_spank::SLURM_VERSION_NUMBER,
+    "slurm-spank's bindings and SLURM_INCLUDE_DIR come from different Slurm releases: \
+     set BINDGEN_EXTRA_CLANG_ARGS=-I$SLURM_INCLUDE_DIR as well"
+);
+
+const fn parse_hex(s: &str) -> u32 {
+    let b = s.as_bytes();
+    let mut i = 2; // after "0x"
+    let mut v: u32 = 0;
+    while i < b.len() {
+        let d = match b[i] {
+            c @ b'0'..=b'9' => c - b'0',
+            c @ b'a'..=b'f' => c - b'a' + 10,
+            c @ b'A'..=b'F' => c - b'A' + 10,
+            _ => panic!("bad SLURM_VERSION_NUMBER"),
+        };
+        v = v * 16 + d as u32;
+        i += 1;
+    }
+    v
+}
+
+/// Slurm's step id of a batch script (`SLURM_BATCH_SCRIPT`).
+const BATCH_STEP: u32 = 0xFFFF_FFFB;
+/// Step ids above this are Slurm's special steps (extern, interactive, pending).
+const SPECIAL_STEPS: u32 = 0xFFFF_FFF0;
+/// The first release whose `--container` receives the final step environment.
+const FIRST_UNPATCHED: (u32, u32) = (23, 2);
+
+/// Everything that can stop the plugin, each with a message naming the file or value.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error(transparent)]
+    Args(#[from] args::ArgError),
+    #[error(transparent)]
+    Config(#[from] gres_oci::config::ConfigError),
+    #[error("gres.conf: {0}")]
+    Gres(#[from] GresError),
+    #[error(transparent)]
+    Resolve(#[from] resolve::ResolveError),
+    #[error("{what}: {source}")]
+    Inventory {
+        what: String,
+        #[source]
+        source: gres_oci::inventory::InventoryError,
+    },
+    #[error(transparent)]
+    Spool(#[from] spool::SpoolError),
+    #[error("{0}")]
+    Spank(String),
+}
+
+/// What `user_init` learned about the step, kept for the task callbacks (slurmstepd forks the
+/// tasks from the process that ran `user_init`, so they inherit it).
+#[derive(Debug, Clone)]
+struct Step {
+    settings: Settings,
+    node: String,
+    table: Vec<NodeGpu>,
+    /// The step's Slurm indices on this node, ascending.
+    list: Vec<usize>,
+    container: bool,
+    batch: bool,
+    job_id: u32,
+}
+
+/// The plugin's state across callbacks.
+#[derive(Default)]
+pub struct GresOci {
+    site: Option<SiteArgs>,
+    step: Option<Step>,
+    /// An error from `user_init`, reported by each task. A failing `user_init` makes Slurm
+    /// 22.05 print "Slurmd could not execve job" yet srun exits 0; a failing `task_init`
+    /// makes the task exit 1, so the step visibly fails.
+    deferred: Option<PluginError>,
+}
+
+fn log(level: LogLevel, msg: &str) {
+    spank_log(level, &format!("gres-oci: {msg}"));
+}
+
+/// Reports `e` as the contract says: under `required` one line the user sees on stderr
+/// (slurmstepd copies error-level lines to the step's stderr), under `optional` only an
+/// info line in slurmd's log; either way the callback fails, which Slurm ignores for
+/// optional plugins.
+fn report(e: PluginError) -> Box<dyn Error> {
+    let msg = format!("gres-oci: {e}");
+    if ffi::required() == Some(false) {
+        spank_log(
+            LogLevel::Info,
+            &format!("{msg} (optional plugin, step continues)"),
+        );
+    } else {
+        slurm_spank::slurm_spank_log(&msg);
+    }
+    Box::new(e)
+}
+
+fn spank_err(what: &str, e: impl std::fmt::Display) -> PluginError {
+    PluginError::Spank(format!("{what}: {e}"))
+}
+
+fn getenv(h: &SpankHandle, name: &str) -> Result<Option<String>, PluginError> {
+    h.getenv(name)
+        .map_err(|e| spank_err(&format!("reading {name}"), e))
+}
+
+fn setenv(h: &SpankHandle, name: &str, value: &str) -> Result<(), PluginError> {
+    h.setenv(name, value, true)
+        .map_err(|e| spank_err(&format!("setting {name}"), e))
+}
+
+/// This node's name as slurmd knows it: slurmstepd's own `SLURMD_NODENAME`, else the short
+/// host name (the job environment's copy is empty under srun and wrong on other nodes of a
+/// batch job).
+fn node_name() -> String {
+    if let Ok(n) = std::env::var("SLURMD_NODENAME") {
+        if !n.is_empty() {
+            return n;
+        }
+    }
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its whole length; gethostname NUL-terminates on success
+    // when the name fits, and the last byte stays 0 regardless.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len() - 1) };
+    if rc != 0 {
+        return String::new();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let full = String::from_utf8_lossy(&buf[..end]).into_owned();
+    full.split('.').next().unwrap_or("").to_owned()
+}
+
+/// The minor of a GPU device file named in gres.conf, from the file itself.
+fn device_minor(path: &Path) -> Result<u32, resolve::ResolveError> {
+    let m = std::fs::metadata(path).map_err(|e| resolve::ResolveError::Device {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    if !m.file_type().is_char_device() {
+        return Err(resolve::ResolveError::Device {
+            path: path.to_owned(),
+            reason: "not a character device".into(),
+        });
+    }
+    Ok(libc::minor(m.rdev()))
+}
+
+/// The node's GPU table from gres.conf, the device files and procfs.
+fn node_gpus(config: &Config, node: &str) -> Result<Vec<NodeGpu>, PluginError> {
+    let conf = GresConf::read(&config.gres_conf)?;
+    let inventory = gres_oci::inventory::read_procfs(&config.proc_root);
+    let autodetect = conf.autodetect_for_node(node).is_some_and(|a| a.is_on());
+    match conf.gpus_for_node(node) {
+        Ok(devices) => {
+            let inv: Option<&Inventory> = inventory.as_ref().ok();
+            if let Err(e) = &inventory {
+                if !devices.is_empty() {
+                    log(
+                        LogLevel::Verbose,
+                        &format!("no procfs inventory ({e}); naming GPUs by minor"),
+                    );
+                }
+            }
+            Ok(resolve::node_table(
+                &devices,
+                device_minor,
+                inv,
+                autodetect,
+            )?)
+        }
+        Err(e) if matches!(e.kind(), GresError::AutoDetectWithoutFiles { .. }) => {
+            // Slurm took the list from NVML, i.e. PCI bus order, which procfs also gives.
+            let inv = inventory.map_err(|source| PluginError::Inventory {
+                what: format!(
+                    "gres.conf {} relies on AutoDetect for node {node:?}, which needs the driver's procfs",
+                    config.gres_conf.display()
+                ),
+                source,
+            })?;
+            Ok(resolve::table_from_inventory(&inv, &config.dev_root))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether this process's devices are constrained by Slurm (cgroup v1 devices controller
+/// under a `job_N` cgroup). `None` when there is no v1 devices controller to tell.
+fn devices_constrained() -> Option<bool> {
+    constrained_in(&std::fs::read_to_string("/proc/self/cgroup").ok()?)
+}
+
+/// [`devices_constrained`] on the text of `/proc/self/cgroup`.
+fn constrained_in(proc_self_cgroup: &str) -> Option<bool> {
+    proc_self_cgroup.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
+        ctrls
+            .split(',')
+            .any(|c| c == "devices")
+            .then(|| path.split('/').any(|seg| seg.starts_with("job_")))
+    })
+}
+
+impl GresOci {
+    fn site(&self) -> SiteArgs {
+        self.site.clone().unwrap_or_default()
+    }
+
+    fn options(&self, h: &SpankHandle) -> Result<Settings, PluginError> {
+        let enable = h
+            .get_option_value(OPT_ENABLE)
+            .map_err(|e| spank_err("--gres-oci", e))?;
+        let caps = h
+            .get_option_value(OPT_CAPS)
+            .map_err(|e| spank_err("--gres-oci-caps", e))?;
+        Ok(settings(&self.site(), enable.as_deref(), caps.as_deref())?)
+    }
+
+    fn init_inner(&mut self, h: &mut SpankHandle) -> Result<(), PluginError> {
+        let ctx = h.context().map_err(|e| spank_err("spank_context", e))?;
+        if matches!(ctx, Context::Local | Context::Remote | Context::Allocator) {
+            for opt in [
+                SpankOption::new(OPT_ENABLE).takes_value("on|off").usage(
+                    "gres-oci: give this job's containers its GPUs (on) or leave them alone (off)",
+                ),
+                SpankOption::new(OPT_CAPS).takes_value("LIST").usage(
+                    "gres-oci: NVIDIA driver capabilities for the containers, e.g. compute,utility",
+                ),
+            ] {
+                h.register_option(opt)
+                    .map_err(|e| spank_err("registering an option", e))?;
+            }
+        }
+        let argv = h
+            .plugin_argv()
+            .map_err(|e| spank_err("plugstack.conf arguments", e))?;
+        self.site = Some(SiteArgs::parse(argv)?);
+        Ok(())
+    }
+
+    fn user_init_inner(&mut self, h: &mut SpankHandle) -> Result<(), PluginError> {
+        let settings = self.options(h)?;
+        let step_id = h.job_stepid().map_err(|e| spank_err("S_JOB_STEPID", e))?;
+        let batch = step_id == BATCH_STEP;
+        if step_id > SPECIAL_STEPS && !batch {
+            return Ok(());
+        }
+        let job_id = h.job_id().map_err(|e| spank_err("S_JOB_ID", e))?;
+        let container = getenv(h, "SLURM_CONTAINER")?.is_some_and(|c| !c.is_empty());
+        if !settings.enabled {
+            // srun carries the batch script's environment into its steps; a list inherited
+            // from a gres-oci step would name GPUs this step may not have.
+            if getenv(h, GPUS_VAR)?.is_some() {
+                for var in [GPUS_VAR, "NVIDIA_VISIBLE_DEVICES"] {
+                    h.unsetenv(var)
+                        .map_err(|e| spank_err(&format!("unsetting {var}"), e))?;
+                }
+            }
+            // Kept only for the ConstrainDevices fix, which a container needs to start at all.
+            self.step = container.then(|| Step {
+                settings,
+                node: String::new(),
+                table: Vec::new(),
+                list: Vec::new(),
+                container,
+                batch,
+                job_id,
+            });
+            return Ok(());
+        }
+        let site = self.site();
+        let config = Config::load(site.config.as_deref())?;
+        let node = node_name();
+        let (var, value) = match getenv(h, "SLURM_STEP_GPUS")? {
+            Some(v) => ("SLURM_STEP_GPUS", Some(v)),
+            // The batch step only has the job's list.
+            None if batch => ("SLURM_JOB_GPUS", getenv(h, "SLURM_JOB_GPUS")?),
+            None => ("SLURM_STEP_GPUS", None),
+        };
+        let list = resolve::parse_list(var, value.as_deref().unwrap_or(""))?;
+        // A step without GPUs needs no table (and so no readable gres.conf).
+        let table = if list.is_empty() {
+            Vec::new()
+        } else {
+            node_gpus(&config, &node)?
+        };
+        let gpus = resolve::select(&table, &list, &node)?;
+        let env = resolve::gpu_env(&gpus);
+        let mut list: Vec<usize> = gpus.iter().map(|g| g.index).collect();
+        list.sort_unstable();
+        let step = Step {
+            settings,
+            node,
+            table,
+            list,
+            container,
+            batch,
+            job_id,
+        };
+        set_env(h, &step, &env)?;
+        self.step = Some(step);
+        Ok(())
+    }
+
+    fn task_init_inner(&mut self, h: &mut SpankHandle) -> Result<(), PluginError> {
+        let Some(step) = self.step.clone() else {
+            return Ok(());
+        };
+        if !step.settings.enabled {
+            if needs_spool_patch(h) && devices_constrained() == Some(true) {
+                let patch = spool::Patch {
+                    inherit_devices: true,
+                    ..spool::Patch::default()
+                };
+                self.patch_spool(&step, &patch)?;
+            }
+            return Ok(());
+        }
+        let mut env = None;
+        if !step.batch && !step.list.is_empty() {
+            let bind_text = getenv(h, "SLURMD_TRES_BIND")?.unwrap_or_default();
+            let bind = GpuBind::parse(&bind_text);
+            if !bind.is_none() {
+                let task_value = getenv(h, "SLURM_STEP_GPUS")?.unwrap_or_default();
+                let task = resolve::parse_list("SLURM_STEP_GPUS", &task_value)?;
+                let local_id = h.task_id().map_err(|e| spank_err("S_TASK_ID", e))?;
+                let usable = resolve::task_usable(
+                    &bind,
+                    &step.list,
+                    step.table.len(),
+                    u32::try_from(local_id).unwrap_or(0),
+                );
+                let mine = resolve::task_gpus(
+                    &task,
+                    &step.list,
+                    usable.as_deref(),
+                    devices_constrained(),
+                    &bind_text,
+                )?;
+                if mine != step.list {
+                    let gpus = resolve::select(&step.table, &mine, &step.node)?;
+                    let e = resolve::gpu_env(&gpus);
+                    set_env(h, &step, &e)?;
+                    env = Some(e);
+                }
+            }
+        }
+        if step.container && needs_spool_patch(h) {
+            let env = match env {
+                Some(e) => e,
+                None => {
+                    let gpus = resolve::select(&step.table, &step.list, &step.node)?;
+                    resolve::gpu_env(&gpus)
+                }
+            };
+            let patch = self.spool_patch(&step, &env);
+            self.patch_spool(&step, &patch)?;
+        }
+        Ok(())
+    }
+
+    fn spool_patch(&self, step: &Step, env: &GpuEnv) -> spool::Patch {
+        let site = self.site();
+        spool::Patch {
+            set_env: step_vars(step, env),
+            unset_env: if env.container_cvd.is_none() {
+                vec!["CUDA_VISIBLE_DEVICES".into()]
+            } else {
+                Vec::new()
+            },
+            annotation: Some(env.gres_oci_gpus.clone()),
+            hook: site.hook.map(|path| spool::Hook {
+                path,
+                config: site.config.clone(),
+            }),
+            inherit_devices: devices_constrained() == Some(true),
+        }
+    }
+
+    fn patch_spool(&self, step: &Step, patch: &spool::Patch) -> Result<(), PluginError> {
+        let cwd =
+            std::env::current_dir().map_err(|e| spank_err("the task's working directory", e))?;
+        match spool::patch_dir(&cwd, step.job_id, patch)? {
+            Some(c) => log(
+                LogLevel::Verbose,
+                &format!(
+                    "patched {}/config.json: {} env entries, hook added: {}, devices inherited: {}",
+                    cwd.display(),
+                    c.env,
+                    c.hook_added,
+                    c.devices_inherited
+                ),
+            ),
+            None => log(
+                LogLevel::Verbose,
+                &format!(
+                    "no Slurm container config in {}; nothing patched",
+                    cwd.display()
+                ),
+            ),
+        }
+        Ok(())
+    }
+}
+
+/// The variables of a step or task, as (name, value) pairs in the order they are set.
+fn step_vars(step: &Step, env: &GpuEnv) -> Vec<(String, String)> {
+    let mut out = vec![
+        (GPUS_VAR.to_owned(), env.gres_oci_gpus.clone()),
+        (
+            "NVIDIA_VISIBLE_DEVICES".to_owned(),
+            env.nvidia_visible_devices.clone(),
+        ),
+    ];
+    if step.container {
+        if let Some(cvd) = &env.container_cvd {
+            out.push(("CUDA_VISIBLE_DEVICES".to_owned(), cvd.clone()));
+        }
+        out.push(("CUDA_DEVICE_ORDER".to_owned(), "PCI_BUS_ID".to_owned()));
+    }
+    if let Some(caps) = &step.settings.caps {
+        out.push(("NVIDIA_DRIVER_CAPABILITIES".to_owned(), caps.clone()));
+    }
+    out
+}
+
+fn set_env(h: &SpankHandle, step: &Step, env: &GpuEnv) -> Result<(), PluginError> {
+    for (k, v) in step_vars(step, env) {
+        setenv(h, &k, &v)?;
+    }
+    Ok(())
+}
+
+/// Whether this Slurm writes the container config before the GPU variables exist (22.05).
+fn needs_spool_patch(h: &SpankHandle) -> bool {
+    let major = h.slurm_version_major().ok().map(str::to_owned);
+    let minor = h.slurm_version_minor().ok().map(str::to_owned);
+    spool_patch_needed(major.as_deref(), minor.as_deref())
+}
+
+/// [`needs_spool_patch`] on the `S_SLURM_VERSION_MAJOR`/`_MINOR` items; the build's headers
+/// stand in when Slurm does not answer.
+fn spool_patch_needed(major: Option<&str>, minor: Option<&str>) -> bool {
+    let running = major
+        .and_then(|m| m.trim().parse::<u32>().ok())
+        .zip(minor.and_then(|m| m.trim().parse::<u32>().ok()));
+    let built = (
+        SLURM_VERSION_NUMBER >> 16,
+        (SLURM_VERSION_NUMBER >> 8) & 0xff,
+    );
+    running.unwrap_or(built) < FIRST_UNPATCHED
+}
+
+// SAFETY: no callback starts a thread (the task callbacks run in forked children of
+// slurmstepd) and all state is plain data.
+unsafe impl Plugin for GresOci {
+    fn init(&mut self, h: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
+        match self.init_inner(h) {
+            Ok(()) => Ok(()),
+            // In slurmd itself (and prolog/epilog) a bad plugstack.conf argument must not take
+            // the node down: log it; every step will fail on it with the message instead.
+            Err(e)
+                if !matches!(
+                    h.context(),
+                    Ok(Context::Local | Context::Remote | Context::Allocator)
+                ) =>
+            {
+                log(LogLevel::Error, &e.to_string());
+                Ok(())
+            }
+            Err(e) => Err(report(e)),
+        }
+    }
+
+    fn init_post_opt(&mut self, h: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
+        // In srun/sbatch/salloc, reject a bad option before the job is even submitted.
+        match h.context() {
+            Ok(Context::Local | Context::Allocator) => self.options(h).map(|_| ()).map_err(report),
+            _ => Ok(()),
+        }
+    }
+
+    fn user_init(&mut self, h: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
+        if let Err(e) = self.user_init_inner(h) {
+            log(LogLevel::Verbose, &format!("{e} (reported by the tasks)"));
+            self.deferred = Some(e);
+        }
+        Ok(())
+    }
+
+    fn task_init(&mut self, h: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
+        match self.deferred.take() {
+            Some(e) => {
+                // One line per node, not per task: the other tasks fail quietly.
+                if h.task_id().unwrap_or(0) == 0 {
+                    Err(report(e))
+                } else {
+                    Err(Box::new(e))
+                }
+            }
+            None => self.task_init_inner(h).map_err(report),
+        }
+    }
+
+    fn setup(&mut self, _h: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
+        // No tracing subscriber: messages go straight to Slurm's log functions.
+        Ok(())
+    }
+
+    fn report_error(&self, _h: &mut SpankHandle, _e: &dyn Error) {
+        // Already reported by `report`.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spool_patch_only_before_23_02() {
+        assert!(spool_patch_needed(Some("22"), Some("05")));
+        assert!(spool_patch_needed(Some("21"), Some("08")));
+        assert!(!spool_patch_needed(Some("23"), Some("02")));
+        assert!(!spool_patch_needed(Some("24"), Some("11")));
+        // Unknown: the headers we were built against (22.05 here) decide.
+        let built = (
+            SLURM_VERSION_NUMBER >> 16,
+            (SLURM_VERSION_NUMBER >> 8) & 0xff,
+        );
+        assert_eq!(spool_patch_needed(None, Some("x")), built < FIRST_UNPATCHED);
+    }
+
+    #[test]
+    fn constrained_devices_from_proc_self_cgroup() {
+        let v1 = "5:devices:/slurm_n1/uid_0/job_7/step_0/task_1\n4:memory:/\n";
+        assert_eq!(constrained_in(v1), Some(true));
+        assert_eq!(constrained_in("5:devices:/\n0::/\n"), Some(false));
+        assert_eq!(constrained_in("3:cpu,devices:/user.slice\n"), Some(false));
+        // cgroup v2 only: no devices controller line to tell.
+        assert_eq!(
+            constrained_in("0::/system.slice/slurmstepd.scope/job_7\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn version_constant_matches_headers() {
+        assert_eq!(parse_hex("0x160508"), 0x0016_0508);
+        assert_eq!(SLURM_VERSION_NUMBER, slurm_spank::SLURM_VERSION_NUMBER);
+    }
+
+    #[test]
+    fn step_vars_by_kind() {
+        let env = GpuEnv {
+            gres_oci_gpus: "GPU-a,GPU-b".into(),
+            nvidia_visible_devices: "GPU-a,GPU-b".into(),
+            container_cvd: Some("1,0".into()),
+        };
+        let mut step = Step {
+            settings: Settings {
+                enabled: true,
+                caps: None,
+            },
+            node: "n".into(),
+            table: Vec::new(),
+            list: vec![0, 1],
+            container: false,
+            batch: false,
+            job_id: 1,
+        };
+        let names =
+            |s: &Step| -> Vec<String> { step_vars(s, &env).into_iter().map(|(k, _)| k).collect() };
+        assert_eq!(
+            names(&step),
+            vec!["GRES_OCI_GPUS", "NVIDIA_VISIBLE_DEVICES"]
+        );
+        step.container = true;
+        step.settings.caps = Some("compute".into());
+        assert_eq!(
+            step_vars(&step, &env),
+            vec![
+                ("GRES_OCI_GPUS".to_owned(), "GPU-a,GPU-b".to_owned()),
+                (
+                    "NVIDIA_VISIBLE_DEVICES".to_owned(),
+                    "GPU-a,GPU-b".to_owned()
+                ),
+                ("CUDA_VISIBLE_DEVICES".to_owned(), "1,0".to_owned()),
+                ("CUDA_DEVICE_ORDER".to_owned(), "PCI_BUS_ID".to_owned()),
+                (
+                    "NVIDIA_DRIVER_CAPABILITIES".to_owned(),
+                    "compute".to_owned()
+                ),
+            ]
+        );
+    }
+}
