@@ -197,6 +197,65 @@ fn to_ids(path: &Path, r: &Record) -> Result<Vec<PhysicalId>, AllocationError> {
     })
 }
 
+/// Writes `record` into `state_dir` atomically (temp file + rename, so the hook never reads
+/// half a record), creating the directory root-only if needed.
+///
+/// # Errors
+/// The directory cannot be made or is unsafe, or the write fails.
+pub fn write_record(state_dir: &Path, record: &Record) -> Result<(), AllocationError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let io = |source| AllocationError::Read {
+        path: state_dir.to_owned(),
+        source,
+    };
+    if !state_dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(state_dir)
+            .map_err(io)?;
+    }
+    check_dir(state_dir)?;
+    let path = state_dir.join(record.file_name());
+    let tmp = state_dir.join(format!(".{}.{}", record.file_name(), std::process::id()));
+    let bytes = serde_json::to_vec(record).map_err(|e| AllocationError::Format {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        std::io::Write::write_all(&mut f, &bytes)?;
+        std::fs::rename(&tmp, &path)
+    };
+    write().map_err(|source| {
+        let _ = std::fs::remove_file(&tmp);
+        AllocationError::Read { path, source }
+    })
+}
+
+/// Removes every record of `job`.`step` owned by `stepd_pid` (the step is ending).
+pub fn remove_step(state_dir: &Path, job: u32, step: &str, stepd_pid: i32) {
+    let Ok(entries) = std::fs::read_dir(state_dir) else {
+        return;
+    };
+    let prefix = format!("{job}.{step}.");
+    for e in entries.flatten() {
+        let path = e.path();
+        if !e.file_name().to_string_lossy().starts_with(&prefix) {
+            continue;
+        }
+        if let Ok(Some(r)) = read_record(&path) {
+            if r.stepd_pid == stepd_pid {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+}
+
 /// Removes the records of finished steps: those whose slurmstepd is gone or is another
 /// process now. Errors are ignored; a leftover never grants anything anyway.
 pub fn sweep_stale(state_dir: &Path, proc_root: &Path) {
@@ -379,6 +438,43 @@ mod tests {
             allowed_gpus(d.path(), &step),
             Err(AllocationError::UnsafeDir { .. })
         ));
+    }
+
+    #[test]
+    fn write_and_remove() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("state");
+        let r = Record {
+            job: 9,
+            step: "batch".into(),
+            stepd_pid: 20,
+            task_pid: Some(31),
+            gpus: vec!["minor:2".into()],
+        };
+        write_record(&dir, &r).unwrap();
+        assert_eq!(
+            std::fs::metadata(&dir)
+                .map(|m| m.permissions().mode() & 0o777)
+                .unwrap(),
+            0o700
+        );
+        let step = StepRef {
+            job: 9,
+            step: "batch".into(),
+            stepd_pid: 20,
+            task_pid: Some(31),
+        };
+        assert_eq!(
+            allowed_gpus(&dir, &step).unwrap(),
+            vec![PhysicalId::Minor(2)]
+        );
+        remove_step(&dir, 9, "batch", 21);
+        assert!(
+            dir.join("9.batch.task31.json").exists(),
+            "another stepd's records stay"
+        );
+        remove_step(&dir, 9, "batch", 20);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
     }
 
     #[test]

@@ -513,6 +513,146 @@ fn constrained_host_step(c: &Cluster) {
 
 // ---------------------------------------------------------------------------------------
 
+/// A bundle the job runs with runc itself (not `--container`), so nothing of the plugin's
+/// reaches its environment: only what the user wrote, forged values included.
+fn own_bundle(c: &Cluster, name: &str, env: &[&str], script: &str) -> std::path::PathBuf {
+    let dir = c.root.join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(c.bundle.join("rootfs"))
+        .arg(dir.join("rootfs"))
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    std::fs::create_dir_all(dir.join("rootfs/hostdev")).unwrap();
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(c.bundle.join("config.json")).unwrap()).unwrap();
+    spec["process"]["args"] = serde_json::json!(["/bin/sh", "-c", script]);
+    let e = spec["process"]["env"].as_array_mut().unwrap();
+    e.extend(env.iter().map(|v| serde_json::json!(v)));
+    spec["mounts"].as_array_mut().unwrap().push(serde_json::json!({
+        "destination": "/hostdev", "type": "bind", "source": c.node.join("dev"), "options": ["rbind", "ro"]
+    }));
+    spec["hooks"] = serde_json::json!({"prestart": [{
+        "path": slurm::hook_bin(),
+        "args": ["gres-oci-hook", format!("-config={}", c.node.join("config.toml").display()), "prestart"],
+    }]});
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_vec_pretty(&spec).unwrap(),
+    )
+    .unwrap();
+    dir
+}
+
+fn runc_args(c: &Cluster, bundle: &std::path::Path, id: &str) -> Vec<String> {
+    vec![
+        "runc".into(),
+        "--root".into(),
+        c.root.join("own-runc").display().to_string(),
+        "run".into(),
+        "--bundle".into(),
+        bundle.display().to_string(),
+        id.into(),
+    ]
+}
+
+/// What `/hostdev/nvidiaN` (the node's real nodes, bound in) says when opened.
+const HOSTDEV_PROBE: &str = r#"for d in /dev/nvidia*; do case ${d#/dev/nvidia} in *[!0-9]*|'') ;; *) echo "DEV ${d#/dev/nvidia} $(cat $d 2>&1 </dev/null)";; esac; done; for d in /hostdev/nvidia[0-9]*; do echo "HOST ${d#/hostdev/nvidia} $(cat $d 2>&1 </dev/null)"; done"#;
+
+/// Issue 4's allocation containment: whatever a job's container asks for through its own
+/// environment (`all`, a forged `GRES_OCI_GPUS`, another job's GPUs), it gets only what Slurm
+/// allocated to its step, and its device cgroup opens only those.
+fn allocation_containment(c: &Cluster) {
+    let mine = c.minors_of(&[0])[0];
+    let all4 = c.gpus_var(&[0, 1, 2, 3]);
+    // `all` in a one-GPU job: exactly that GPU, and the cgroup denies the others.
+    let b = own_bundle(c, "own-all", &["NVIDIA_VISIBLE_DEVICES=all"], HOSTDEV_PROBE);
+    let mut args = vec!["--gres=gpu:1".to_string()];
+    args.extend(runc_args(c, &b, "own-all"));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = c.srun(&refs).success();
+    let devs = devices(&o.stdout);
+    assert_eq!(devs.keys().copied().collect::<Vec<_>>(), vec![mine], "{o}");
+    for l in o.stdout.lines().filter_map(|l| l.strip_prefix("HOST ")) {
+        let (m, r) = l.split_once(' ').unwrap();
+        let m: u32 = m.parse().unwrap();
+        let want = if m == mine { ENXIO } else { EPERM };
+        assert!(r.contains(want), "host nvidia{m}: {r}\n{o}");
+    }
+    // A forged plugin variable and another GPU's index are refused, with the reason.
+    for (name, env) in [
+        ("own-forged", format!("GRES_OCI_GPUS={all4}")),
+        (
+            "own-uuid",
+            format!(
+                "NVIDIA_VISIBLE_DEVICES={}",
+                uuid_of_minor(c.minors_of(&[1])[0])
+            ),
+        ),
+    ] {
+        let b = own_bundle(c, name, &[&env], HOSTDEV_PROBE);
+        let mut args = vec!["--gres=gpu:1".to_string()];
+        args.extend(runc_args(c, &b, name));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = c.srun(&refs);
+        assert!(!o.ok(), "{name}: {o}");
+        assert!(
+            o.stderr.contains("not allocated to this Slurm step"),
+            "{name}: {o}"
+        );
+        assert!(devices(&o.stdout).is_empty(), "{name}: {o}");
+    }
+    // Two jobs on the node: B cannot reach A's GPUs, by UUID or with `all`.
+    c.wait_idle(Duration::from_secs(20));
+    let mut a_cmd = c.command("srun");
+    a_cmd.args([
+        "--gres=gpu:2",
+        "/bin/sh",
+        "-c",
+        "echo A=$GRES_OCI_GPUS; sleep 3",
+    ]);
+    let a = Running::start(&mut a_cmd);
+    std::thread::sleep(Duration::from_millis(700));
+    let a_gpus = c.gpus_var(&[0, 1]);
+    for (name, env, ok) in [
+        (
+            "own-b-steal",
+            format!("NVIDIA_VISIBLE_DEVICES={a_gpus}"),
+            false,
+        ),
+        ("own-b-all", "NVIDIA_VISIBLE_DEVICES=all".to_string(), true),
+    ] {
+        let b = own_bundle(c, name, &[&env], HOSTDEV_PROBE);
+        let mut args = vec!["--gres=gpu:2".to_string()];
+        args.extend(runc_args(c, &b, name));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = c.cmd("srun", &refs);
+        assert_eq!(o.ok(), ok, "{name}: {o}");
+        if ok {
+            let got: BTreeSet<u32> = devices(&o.stdout).keys().copied().collect();
+            let want: BTreeSet<u32> = c.minors_of(&[2, 3]).into_iter().collect();
+            assert_eq!(got, want, "{name}: B got A's GPUs\n{o}");
+        } else {
+            assert!(
+                o.stderr.contains("not allocated to this Slurm step"),
+                "{name}: {o}"
+            );
+        }
+    }
+    let a = a.finish(Duration::from_secs(30)).success();
+    assert_eq!(a.env()["A"], a_gpus, "{a}");
+    // Records of finished steps are gone.
+    let left: Vec<_> = std::fs::read_dir(c.root.join("gres-oci-state"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "stale allocation records: {left:?}");
+}
+
 #[test]
 fn slurm_task_none_minor_order() {
     let _lock = slurm::serial();
@@ -533,6 +673,7 @@ fn slurm_task_none_minor_order() {
         container_gets_exactly_its_gpus(&c, Some("1,3,0,2"))
     });
     scenario("concurrent_jobs_disjoint", || concurrent_jobs_disjoint(&c));
+    scenario("allocation_containment", || allocation_containment(&c));
     scenario("batch_steps", || batch_steps(&c));
     scenario("batch_container", || batch_container(&c));
     scenario("per_task_binding", || per_task_binding(&c));

@@ -98,7 +98,9 @@ enum Callback {
     Init,
     InitPostOpt,
     UserInit,
+    TaskInitPrivileged,
     TaskInit,
+    Exit,
 }
 
 fn dispatch(spank: spank_t, ac: c_int, argv: *const *const c_char, cb: Callback) -> c_int {
@@ -122,7 +124,9 @@ fn dispatch(spank: spank_t, ac: c_int, argv: *const *const c_char, cb: Callback)
             Callback::Init => plugin.init(&mut h),
             Callback::InitPostOpt => plugin.init_post_opt(&mut h),
             Callback::UserInit => plugin.user_init(&mut h),
+            Callback::TaskInitPrivileged => plugin.task_init_privileged(&mut h),
             Callback::TaskInit => plugin.task_init(&mut h),
+            Callback::Exit => plugin.exit(&mut h),
         }
     })
 }
@@ -158,6 +162,28 @@ pub unsafe extern "C" fn slurm_spank_user_init(
     av: *const *const c_char,
 ) -> c_int {
     dispatch(s, ac, av, Callback::UserInit)
+}
+
+/// # Safety
+/// As [`slurm_spank_init`].
+#[no_mangle]
+pub unsafe extern "C" fn slurm_spank_task_init_privileged(
+    s: spank_t,
+    ac: c_int,
+    av: *const *const c_char,
+) -> c_int {
+    dispatch(s, ac, av, Callback::TaskInitPrivileged)
+}
+
+/// # Safety
+/// As [`slurm_spank_init`].
+#[no_mangle]
+pub unsafe extern "C" fn slurm_spank_exit(
+    s: spank_t,
+    ac: c_int,
+    av: *const *const c_char,
+) -> c_int {
+    dispatch(s, ac, av, Callback::Exit)
 }
 
 /// # Safety

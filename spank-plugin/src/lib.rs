@@ -11,7 +11,9 @@
 //! | `init` | all | parse plugstack.conf args, register `--gres-oci`, `--gres-oci-caps` |
 //! | `init_post_opt` | srun/sbatch/salloc | reject bad option values before anything starts |
 //! | `user_init` | slurmstepd, once per step | read the step's GPUs, set the step's variables |
+//! | `task_init_privileged` | task, as root | record the task's GPUs for the hook (state dir) |
 //! | `task_init` | task, before exec | per-task binding; patch the 22.05 `--container` config |
+//! | `exit` | slurmstepd, step end | remove the step's records |
 //!
 //! Variables: `GRES_OCI_GPUS` (physical ids, preferred by the hook), `NVIDIA_VISIBLE_DEVICES`
 //! (UUIDs), `NVIDIA_DRIVER_CAPABILITIES` (when `--gres-oci-caps`/`caps=` gives one), and for
@@ -27,6 +29,7 @@ use std::error::Error;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
+use gres_oci::allocation::{remove_step, sweep_stale, write_record, Record};
 use gres_oci::config::Config;
 use gres_oci::gres::{GresConf, GresError};
 use gres_oci::inventory::Inventory;
@@ -106,6 +109,10 @@ struct Step {
     container: bool,
     batch: bool,
     job_id: u32,
+    /// The step as slurmstepd names itself (`0`, `batch`), for the allocation records.
+    step_name: String,
+    /// Where the allocation records go (root-only), from the config.
+    state_dir: std::path::PathBuf,
 }
 
 /// The plugin's state across callbacks.
@@ -310,6 +317,8 @@ impl GresOci {
                 container,
                 batch,
                 job_id,
+                step_name: step_name(step_id),
+                state_dir: Default::default(),
             });
             return Ok(());
         }
@@ -341,6 +350,8 @@ impl GresOci {
             container,
             batch,
             job_id,
+            step_name: step_name(step_id),
+            state_dir: config.state_dir.clone(),
         };
         set_env(h, &step, &env)?;
         self.step = Some(step);
@@ -448,6 +459,51 @@ impl GresOci {
     }
 }
 
+/// How slurmstepd names a step in its process title (`slurmstepd: [145.batch]`).
+fn step_name(step_id: u32) -> String {
+    match step_id {
+        BATCH_STEP => "batch".into(),
+        0xFFFF_FFFC => "extern".into(),
+        0xFFFF_FFFA => "interactive".into(),
+        n => n.to_string(),
+    }
+}
+
+/// The allocation record of this task: the GPUs it may use (its own under per-task binding,
+/// else the step's), keyed by its pid, with its slurmstepd's pid. Written as root in
+/// `task_init_privileged`; the hook finds it through the container's process tree.
+fn task_record(step: &Step, h: &SpankHandle) -> Result<Record, PluginError> {
+    let mut mine = step.list.clone();
+    if !step.batch && !step.list.is_empty() {
+        let bind = GpuBind::parse(&getenv(h, "SLURMD_TRES_BIND")?.unwrap_or_default());
+        let local_id = h.task_id().map_err(|e| spank_err("S_TASK_ID", e))?;
+        if let Some(u) = resolve::task_usable(
+            &bind,
+            &step.list,
+            step.table.len(),
+            u32::try_from(local_id).unwrap_or(0),
+        ) {
+            if !u.is_empty() {
+                mine = u;
+            }
+        }
+    }
+    let gpus = resolve::select(&step.table, &mine, &step.node)?;
+    let ids = resolve::gpu_env(&gpus).gres_oci_gpus;
+    Ok(Record {
+        job: step.job_id,
+        step: step.step_name.clone(),
+        // SAFETY: getppid/getpid have no preconditions. The task is a child of slurmstepd.
+        stepd_pid: unsafe { libc::getppid() },
+        task_pid: Some(std::process::id() as i32),
+        gpus: ids
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
+}
+
 /// The variables of a step or task, as (name, value) pairs in the order they are set.
 fn step_vars(step: &Step, env: &GpuEnv) -> Vec<(String, String)> {
     let mut out = vec![
@@ -545,6 +601,42 @@ unsafe impl Plugin for GresOci {
             }
             None => self.task_init_inner(h).map_err(report),
         }
+    }
+
+    fn task_init_privileged(&mut self, h: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
+        // Nothing to record for a step we do not serve; an error from user_init is reported
+        // by task_init.
+        let Some(step) = self.step.clone().filter(|s| s.settings.enabled) else {
+            return Ok(());
+        };
+        if self.deferred.is_some() {
+            return Ok(());
+        }
+        let result = task_record(&step, h).and_then(|r| {
+            write_record(&step.state_dir, &r).map_err(|e| PluginError::Spank(e.to_string()))
+        });
+        if let Err(e) = result {
+            self.deferred = Some(e);
+        }
+        Ok(())
+    }
+
+    fn exit(&mut self, h: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
+        // In slurmstepd at the end of the step: drop this step's records, and any a crashed
+        // slurmstepd left (the hook ignores those anyway).
+        if !matches!(h.context(), Ok(Context::Remote)) {
+            return Ok(());
+        }
+        if let Some(step) = self.step.as_ref().filter(|s| s.settings.enabled) {
+            remove_step(
+                &step.state_dir,
+                step.job_id,
+                &step.step_name,
+                std::process::id() as i32,
+            );
+            sweep_stale(&step.state_dir, Path::new("/proc"));
+        }
+        Ok(())
     }
 
     fn setup(&mut self, _h: &mut SpankHandle) -> Result<(), Box<dyn Error>> {

@@ -487,7 +487,7 @@ impl Cluster {
         );
         let text = text.replacen(
             "\n[gres-oci]\n",
-            &format!("\n[gres-oci]\ngres-conf = \"{r}/etc/gres.conf\"\n"),
+            &format!("\n[gres-oci]\ngres-conf = \"{r}/etc/gres.conf\"\nstate-dir = \"{r}/gres-oci-state\"\n"),
             1,
         );
         std::fs::write(&cfg, text).unwrap();
