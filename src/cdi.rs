@@ -936,6 +936,7 @@ mod tests {
                 links: ["libcuda.so".to_owned(), "libcuda.so.1".to_owned()]
                     .into_iter()
                     .collect(),
+                soname: Some("libcuda.so.1".into()),
                 compat32: false,
             }],
             binaries: vec![HostFile {

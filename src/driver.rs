@@ -88,6 +88,8 @@ pub struct Library {
     pub file_name: String,
     /// Names that must link to it in the container (`libcuda.so.1`, `libcuda.so`).
     pub links: BTreeSet<String>,
+    /// Its SONAME (the linker cache's key for it), when known.
+    pub soname: Option<String>,
     /// A 32-bit library (compat32).
     pub compat32: bool,
 }
@@ -189,10 +191,12 @@ impl DriverRoot<'_> {
             if !file_name.ends_with(&suffix) || !file_name.starts_with(name) {
                 continue;
             }
+            // Cache keys are SONAMEs; the first entry for the file names it.
             let lib = found.get_or_insert_with(|| Library {
                 host_path: real.clone(),
                 file_name: file_name.to_owned(),
                 links: BTreeSet::new(),
+                soname: Some(e.key.clone()),
                 compat32: false,
             });
             if lib.host_path != real {
@@ -207,14 +211,13 @@ impl DriverRoot<'_> {
             for dir in self.library_search_dirs {
                 let candidate = dir.join(&file);
                 if let Some(real) = resolve_in(self.root, &candidate) {
-                    let links = crate::elf::soname(&real)
-                        .filter(|s| *s != file)
-                        .into_iter()
-                        .collect();
+                    let soname = crate::elf::soname(&real);
+                    let links = soname.iter().filter(|s| **s != file).cloned().collect();
                     found = Some(Library {
                         host_path: real,
                         file_name: file,
                         links,
+                        soname,
                         compat32: false,
                     });
                     break;

@@ -99,10 +99,21 @@ impl std::fmt::Display for CgroupRule {
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct LdcacheUpdate {
-    /// A host binary.
+    /// A host binary, the fallback when the image's cache cannot be updated in-process.
     pub ldconfig: PathBuf,
     /// Container directories holding injected libraries.
     pub dirs: Vec<PathBuf>,
+    /// The cache entries to add: each injected library by SONAME, at its container path.
+    pub entries: Vec<CacheEntry>,
+}
+
+/// One linker-cache entry for an injected library.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct CacheEntry {
+    pub soname: String,
+    /// `<libdir>/<soname>`: the path ldconfig would store.
+    pub path: PathBuf,
+    pub compat32: bool,
 }
 
 /// Every edit for one container.
@@ -256,6 +267,7 @@ pub fn plan(i: &Inputs) -> Result<Plan, PlanError> {
     let mut mounts = Vec::new();
     let mut symlinks = Vec::new();
     let mut lib_dirs = Vec::new();
+    let mut entries = Vec::new();
     for lib in &i.driver.libraries {
         let dir = PathBuf::from(if lib.compat32 {
             i.layout.lib32_dir()
@@ -271,6 +283,13 @@ pub fn plan(i: &Inputs) -> Result<Plan, PlanError> {
             symlinks.push(Symlink {
                 path: dir.join(link),
                 target: PathBuf::from(&lib.file_name),
+            });
+        }
+        if let Some(soname) = &lib.soname {
+            entries.push(CacheEntry {
+                soname: soname.clone(),
+                path: dir.join(soname),
+                compat32: lib.compat32,
             });
         }
         if !lib_dirs.contains(&dir) {
@@ -297,6 +316,8 @@ pub fn plan(i: &Inputs) -> Result<Plan, PlanError> {
     symlinks.sort();
     symlinks.dedup_by(|a, b| a.path == b.path);
     lib_dirs.sort();
+    entries.sort();
+    entries.dedup();
 
     let cgroup_rules = if i.config.no_cgroups {
         Vec::new()
@@ -316,6 +337,7 @@ pub fn plan(i: &Inputs) -> Result<Plan, PlanError> {
         (Ldconfig::Host(p), false) => Some(LdcacheUpdate {
             ldconfig: p.clone(),
             dirs: lib_dirs,
+            entries,
         }),
         _ => None,
     };
@@ -387,9 +409,12 @@ pub enum Op {
     },
     /// Create a link unless the image already has something at `path`.
     Symlink { path: PathBuf, target: PathBuf },
+    /// Update the linker cache: in-process from `entries` where the image's cache allows,
+    /// else by running the host's `ldconfig` over `dirs`.
     Ldconfig {
         ldconfig: PathBuf,
         dirs: Vec<PathBuf>,
+        entries: Vec<CacheEntry>,
     },
 }
 
@@ -429,6 +454,7 @@ pub fn ops(plan: &Plan, source_is_dir: impl Fn(&Path) -> bool) -> Vec<Op> {
         v.push(Op::Ldconfig {
             ldconfig: l.ldconfig.clone(),
             dirs: l.dirs.clone(),
+            entries: l.entries.clone(),
         });
     }
     v
@@ -508,6 +534,7 @@ mod tests {
                 host_path: "/drv/usr/lib64/libcuda.so.550.54.15".into(),
                 file_name: "libcuda.so.550.54.15".into(),
                 links: BTreeSet::from(["libcuda.so".into(), "libcuda.so.1".into()]),
+                soname: Some("libcuda.so.1".into()),
                 compat32: false,
             }],
             binaries: vec![HostFile {
@@ -679,7 +706,12 @@ mod tests {
             p.ldcache,
             Some(LdcacheUpdate {
                 ldconfig: "/sbin/ldconfig".into(),
-                dirs: vec!["/usr/lib64".into()]
+                dirs: vec!["/usr/lib64".into()],
+                entries: vec![CacheEntry {
+                    soname: "libcuda.so.1".into(),
+                    path: "/usr/lib64/libcuda.so.1".into(),
+                    compat32: false
+                }]
             })
         );
         // Deterministic and serialisable: the same inputs give the same JSON.

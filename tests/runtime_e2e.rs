@@ -902,3 +902,70 @@ fn outside_slurm_deny_policy() {
         .iter()
         .any(|n| n.len() > 6 && n[6..].parse::<u32>().is_ok()));
 }
+
+/// The linker cache is updated in-process from the image's own cache (keeping its entries),
+/// and by the host's ldconfig when the image's cache is in a form that cannot be rewritten
+/// faithfully. Either way the image's file on disk stays as it was.
+#[test]
+fn linker_cache_in_process_and_fallback() {
+    let node = setup();
+    node.edit_config(|c| c.replace("[gres-oci]", "[gres-oci]\nlog-level = \"debug\""));
+    for garbage in [false, true] {
+        let case = Case {
+            node: &node,
+            env: &["NVIDIA_VISIBLE_DEVICES=0"],
+            readonly: false,
+            debian: true,
+        };
+        let (b, out) = case.bundle();
+        let libdir = b.rootfs().join("usr/lib/x86_64-linux-gnu");
+        std::fs::create_dir_all(&libdir).unwrap();
+        let src = out.path().join("i.c");
+        std::fs::write(&src, "int image_lib(void) { return 1; }\n").unwrap();
+        let st = Command::new("cc")
+            .args(["-shared", "-fPIC", "-Wl,-soname,libimage.so.1", "-o"])
+            .arg(libdir.join("libimage.so.1.0"))
+            .arg(&src)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let st = Command::new("ldconfig")
+            .arg("-r")
+            .arg(b.rootfs())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        if garbage {
+            std::fs::write(
+                b.rootfs().join("etc/ld.so.cache"),
+                b"glibc-ld.so.cache9.9 not a cache",
+            )
+            .unwrap();
+        }
+        let before = std::fs::read(b.rootfs().join("etc/ld.so.cache")).unwrap();
+        let o = b.run(Runtime::Runc);
+        assert!(o.status.success(), "{}", text(&o));
+        let cache = gres_oci::ldcache::LdCache::read(&out.path().join("ld.so.cache")).unwrap();
+        let keys: BTreeSet<&str> = cache.entries.iter().map(|e| e.key.as_str()).collect();
+        assert!(
+            keys.contains("libcuda.so.1") && keys.contains("libnvidia-ml.so.1"),
+            "{keys:?}"
+        );
+        assert!(
+            keys.contains("libimage.so.1"),
+            "the image's own libraries were dropped: {keys:?}"
+        );
+        assert_eq!(
+            std::fs::read(b.rootfs().join("etc/ld.so.cache")).unwrap(),
+            before,
+            "image cache rewritten on disk"
+        );
+        let fell_back = node.log().contains("running ldconfig");
+        assert_eq!(
+            fell_back,
+            garbage,
+            "ldconfig fallback (garbage cache: {garbage}): {}",
+            node.log()
+        );
+    }
+}

@@ -8,7 +8,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use gres_oci::plan::{MountKind, Op};
+use gres_oci::ldcache::{compat32_arch, native_arch, updated_cache, MAX_CACHE_SIZE};
+use gres_oci::plan::{CacheEntry, MountKind, Op};
 use rustix::fs::{Mode, OFlags, ResolveFlags, CWD};
 use rustix::io::Errno;
 use rustix::mount::{MoveMountFlags, OpenTreeFlags};
@@ -48,7 +49,10 @@ pub trait Sys {
     fn bind(&mut self, source: &Path, target: &Path, kind: Kind, attrs: Attrs) -> Result<()>;
     /// Returns false when something already exists at `path` (it is left alone).
     fn symlink(&mut self, path: &Path, target: &Path) -> Result<bool>;
-    fn ldconfig(&mut self, ldconfig: &Path, dirs: &[PathBuf]) -> Result<()>;
+    /// Updates the linker cache with `entries` (in-process where the image's cache allows,
+    /// else by running `ldconfig` over `dirs`; always `ldconfig` when `entries` is empty).
+    fn ldconfig(&mut self, ldconfig: &Path, dirs: &[PathBuf], entries: &[CacheEntry])
+        -> Result<()>;
 }
 
 /// Runs `ops` in order; stops at the first error.
@@ -70,7 +74,11 @@ pub fn execute(ops: &[Op], sys: &mut dyn Sys) -> Result<()> {
                     tracing::warn!(path = %path.display(), "image already has this path; link not created");
                 }
             }),
-            Op::Ldconfig { ldconfig, dirs } => sys.ldconfig(ldconfig, dirs),
+            Op::Ldconfig {
+                ldconfig,
+                dirs,
+                entries,
+            } => sys.ldconfig(ldconfig, dirs, entries),
         }?;
     }
     Ok(())
@@ -190,6 +198,92 @@ impl RealSys {
         Ok(fd)
     }
 
+    /// The image's linker cache with `entries` added, built in-process (the expensive part of
+    /// running ldconfig is scanning the image's library dirs, which this skips). `None` when
+    /// the image's cache cannot be read or rewritten faithfully: the caller runs ldconfig.
+    fn updated_cache(&self, entries: &[CacheEntry]) -> Option<Vec<u8>> {
+        let image = match self.read_in_root(Path::new("etc/ld.so.cache")) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::debug!(error = %format!("{e:#}"), "image linker cache unreadable; running ldconfig");
+                return None;
+            }
+        };
+        let pairs = |compat32: bool| -> Vec<(String, String)> {
+            entries
+                .iter()
+                .filter(|e| e.compat32 == compat32)
+                .map(|e| (e.soname.clone(), e.path.display().to_string()))
+                .collect()
+        };
+        let mut bytes = updated_cache(image.as_deref(), &pairs(false), native_arch());
+        let c32 = pairs(true);
+        if let (Ok(b), false, Some(arch)) = (&bytes, c32.is_empty(), compat32_arch()) {
+            bytes = updated_cache(Some(b), &c32, arch);
+        }
+        bytes
+            .map_err(|e| tracing::debug!(error = %e, "linker cache not rewritable in-process; running ldconfig"))
+            .ok()
+    }
+
+    /// A regular file of the image, read without following links out of the rootfs;
+    /// `Ok(None)` when it does not exist.
+    fn read_in_root(&self, rel: &Path) -> Result<Option<Vec<u8>>> {
+        use std::io::Read;
+        let fd = match self.open_in_root(rel, OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => return Ok(None),
+            Err(e) => bail!("/{}: {e}", rel.display()),
+        };
+        let st = rustix::fs::fstat(&fd)?;
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+            bail!("/{}: not a regular file", rel.display());
+        }
+        if st.st_size as u64 > MAX_CACHE_SIZE {
+            bail!("/{}: larger than {MAX_CACHE_SIZE} bytes", rel.display());
+        }
+        let mut buf = Vec::with_capacity(st.st_size as usize);
+        std::fs::File::from(fd).read_to_end(&mut buf)?;
+        Ok(Some(buf))
+    }
+
+    /// Writes a new file under the container's `/dev` (the runtime's tmpfs, so nothing lands
+    /// in the image on disk).
+    fn write_dev_file(&self, path: &str, bytes: &[u8]) -> Result<()> {
+        let rel = relative(Path::new(path))?;
+        let dir = self.dir(rel.parent().unwrap_or(Path::new("")))?;
+        let name = rel.file_name().context("no file name")?;
+        let fd = rustix::fs::openat(
+            &dir,
+            name,
+            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        )
+        .with_context(|| format!("{path}: cannot create"))?;
+        std::io::Write::write_all(&mut std::fs::File::from(fd), bytes)
+            .with_context(|| format!("{path}: write"))?;
+        Ok(())
+    }
+
+    fn run_ldconfig(&self, ldconfig: &Path, dirs: &[PathBuf]) -> Result<()> {
+        let fd = self
+            .ldconfig
+            .as_ref()
+            .with_context(|| format!("{}: not opened", ldconfig.display()))?;
+        let mut args: Vec<&OsStr> = vec![
+            OsStr::new("ldconfig"),
+            OsStr::new("-r"),
+            self.rootfs.as_os_str(),
+            // -X: links are the plan's business; ldconfig must not rewrite the image's.
+            OsStr::new("-X"),
+            OsStr::new("-C"),
+            OsStr::new(LDCACHE_TMP),
+        ];
+        args.extend(dirs.iter().map(|d| d.as_os_str()));
+        crate::ns::run_helper(fd.as_fd(), &args)
+            .with_context(|| format!("ldcache error: {}", ldconfig.display()))
+    }
+
     fn mount_at(&self, tree: OwnedFd, target: BorrowedFd, attrs: Attrs, what: &Path) -> Result<()> {
         mount_setattr(tree.as_fd(), attrs)
             .with_context(|| format!("{}: setting mount flags", what.display()))?;
@@ -273,23 +367,21 @@ impl Sys for RealSys {
         }
     }
 
-    fn ldconfig(&mut self, ldconfig: &Path, dirs: &[PathBuf]) -> Result<()> {
-        let fd = self
-            .ldconfig
-            .as_ref()
-            .with_context(|| format!("{}: not opened", ldconfig.display()))?;
-        let mut args: Vec<&OsStr> = vec![
-            OsStr::new("ldconfig"),
-            OsStr::new("-r"),
-            self.rootfs.as_os_str(),
-            // -X: links are the plan's business; ldconfig must not rewrite the image's.
-            OsStr::new("-X"),
-            OsStr::new("-C"),
-            OsStr::new(LDCACHE_TMP),
-        ];
-        args.extend(dirs.iter().map(|d| d.as_os_str()));
-        crate::ns::run_helper(fd.as_fd(), &args)
-            .with_context(|| format!("ldcache error: {}", ldconfig.display()))?;
+    fn ldconfig(
+        &mut self,
+        ldconfig: &Path,
+        dirs: &[PathBuf],
+        entries: &[CacheEntry],
+    ) -> Result<()> {
+        let in_process = if entries.is_empty() {
+            None
+        } else {
+            self.updated_cache(entries)
+        };
+        match in_process {
+            Some(bytes) => self.write_dev_file(LDCACHE_TMP, &bytes)?,
+            None => self.run_ldconfig(ldconfig, dirs)?,
+        }
         // Put the new cache over the image's; the image's file on disk stays as it was.
         let tmp_rel = relative(Path::new(LDCACHE_TMP))?;
         let src = self
@@ -340,9 +432,18 @@ mod tests {
                 .push(format!("link {} {}", path.display(), target.display()));
             Ok(true)
         }
-        fn ldconfig(&mut self, ldconfig: &Path, dirs: &[PathBuf]) -> Result<()> {
-            self.0
-                .push(format!("ldconfig {} {:?}", ldconfig.display(), dirs));
+        fn ldconfig(
+            &mut self,
+            ldconfig: &Path,
+            dirs: &[PathBuf],
+            entries: &[CacheEntry],
+        ) -> Result<()> {
+            self.0.push(format!(
+                "ldconfig {} {:?} {}",
+                ldconfig.display(),
+                dirs,
+                entries.len()
+            ));
             bail!("boom")
         }
     }
@@ -371,6 +472,7 @@ mod tests {
             Op::Ldconfig {
                 ldconfig: "/sbin/ldconfig".into(),
                 dirs: vec!["/usr/lib64".into()],
+                entries: vec![],
             },
             Op::Symlink {
                 path: "/never".into(),
@@ -387,7 +489,7 @@ mod tests {
                 "bind File /d/libcuda.so.1.2 /usr/lib64/libcuda.so.1.2 0x7",
                 "bind Dir /d/mps /tmp/nvidia-mps 0xe",
                 "link /usr/lib64/libcuda.so.1 libcuda.so.1.2",
-                "ldconfig /sbin/ldconfig [\"/usr/lib64\"]",
+                "ldconfig /sbin/ldconfig [\"/usr/lib64\"] 0",
             ]
         );
     }

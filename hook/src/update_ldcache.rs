@@ -139,7 +139,7 @@ pub fn run(rest: &[String]) -> Result<()> {
         }
     }
     if let Some(p) = ldconfig_path {
-        sys.ldconfig(&p, &args.folders)?;
+        sys.ldconfig(&p, &args.folders, &[])?;
     }
     Ok(())
 }

@@ -687,6 +687,15 @@ mod tests {
     }
 
     #[test]
+    fn step_names_match_slurmstepd_titles() {
+        assert_eq!(step_name(0), "0");
+        assert_eq!(step_name(12), "12");
+        assert_eq!(step_name(BATCH_STEP), "batch");
+        assert_eq!(step_name(0xFFFF_FFFC), "extern");
+        assert_eq!(step_name(0xFFFF_FFFA), "interactive");
+    }
+
+    #[test]
     fn step_vars_by_kind() {
         let env = GpuEnv {
             gres_oci_gpus: "GPU-a,GPU-b".into(),
@@ -704,6 +713,8 @@ mod tests {
             container: false,
             batch: false,
             job_id: 1,
+            step_name: "0".into(),
+            state_dir: "/run/gres-oci".into(),
         };
         let names =
             |s: &Step| -> Vec<String> { step_vars(s, &env).into_iter().map(|(k, _)| k).collect() };
