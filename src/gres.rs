@@ -16,8 +16,10 @@
 //! module never calls NVML: it runs inside slurmstepd callbacks where loading NVML is not
 //! acceptable, and the order NVML would produce is not ours to guess. So:
 //!
-//! * AutoDetect on and the node's GPU lines all have `File=`: we assume Slurm orders the GPUs by
-//!   the files it matched, i.e. the `File=` order, and return that list as usual.
+//! * AutoDetect on and the node's GPU lines all have `File=`: the list comes back in `File=`
+//!   order. Slurm 22.05 then re-sorts the node's GPUs into NVML (PCI bus) order
+//!   (`_merge_system_gres_conf`), so callers that know the bus ids must sort by them; the SPANK
+//!   plugin does (`resolve::node_table`).
 //! * AutoDetect on and the node has no GPU line, or a GPU line without `File=`:
 //!   [`GresError::AutoDetectWithoutFiles`], so the caller can fall back (e.g. to an inventory
 //!   built elsewhere) instead of mapping indices to the wrong devices.
@@ -960,6 +962,26 @@ fn parse_group(body: &str, expr: &str) -> Result<Vec<NumRange>, GresError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn shipped_examples_parse() {
+        // slurm-conf/: the AutoDetect example (the others are rendered by the Slurm tests).
+        let c = GresConf::parse(
+            include_str!("../slurm-conf/gres.conf.autodetect"),
+            Path::new("gres.conf.autodetect"),
+        )
+        .unwrap();
+        assert_eq!(c.autodetect_for_node("node07"), Some(AutoDetect::Nvml));
+        let gpus = c.gpus_for_node("node07").unwrap();
+        assert_eq!(gpus.len(), 4);
+        assert_eq!(gpus[3].file, PathBuf::from("/dev/nvidia3"));
+        assert_eq!(gpus[0].gpu_type.as_deref(), Some("h100"));
+        // A node the file gives no GPU line: AutoDetect without files, left to the caller.
+        assert!(matches!(
+            c.gpus_for_node("login1"),
+            Err(GresError::AutoDetectWithoutFiles { .. })
+        ));
+    }
+
     use super::*;
     use std::collections::HashMap;
 

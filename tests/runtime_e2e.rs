@@ -428,6 +428,29 @@ fn hook(args: &[&str], stdin: &[u8]) -> std::process::Output {
 fn hook_command_line_contract() {
     let node = setup();
     let cfg = format!("-config={}", node.config().display());
+    // Help and version, in the usual shape.
+    for cmd in [
+        &["-help"][..],
+        &["--help"],
+        &["prestart", "--help"],
+        &["plan", "--help"],
+        &["info", "-h"],
+        &["cdi", "--help"],
+    ] {
+        let o = hook(cmd, b"");
+        assert!(o.status.success(), "{cmd:?}: {}", text(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stdout).starts_with("Usage: gres-oci-hook"),
+            "{cmd:?}: {}",
+            text(&o)
+        );
+    }
+    let o = hook(&["--version"], b"");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with("gres-oci-hook 0."),
+        "{}",
+        text(&o)
+    );
     // Other stages are no-ops, whatever stdin holds.
     let o = hook(&[&cfg, "poststop"], b"garbage");
     assert!(o.status.success(), "{}", text(&o));

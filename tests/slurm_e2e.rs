@@ -659,6 +659,7 @@ fn slurm_task_none_minor_order() {
     let c = Cluster::start(Setup {
         cgroup: false,
         gres_template: "gres.conf",
+        oci_template: "oci.conf",
     });
     assert_eq!(c.minors, vec![0, 1, 2, 3]);
     scenario(
@@ -688,6 +689,7 @@ fn slurm_constrain_devices_not_minor_order() {
     let c = Cluster::start(Setup {
         cgroup: true,
         gres_template: "gres.conf.not-minor-order",
+        oci_template: "oci.conf",
     });
     assert_ne!(c.minors, vec![0, 1, 2, 3]);
     scenario("constrained_host_step", || constrained_host_step(&c));
@@ -710,6 +712,8 @@ fn slurm_task_none_not_minor_order() {
     let c = Cluster::start(Setup {
         cgroup: false,
         gres_template: "gres.conf.not-minor-order",
+        // This cluster runs its containers with crun, through the shipped oci.conf.crun.
+        oci_template: "oci.conf.crun",
     });
     scenario("srun_env", || srun_env(&c));
     scenario("container_gets_exactly_its_gpus", || {
@@ -751,6 +755,7 @@ fn bench_srun() {
     let c = Cluster::start(Setup {
         cgroup: std::env::var_os("BENCH_CGROUP").is_some(),
         gres_template: "gres.conf",
+        oci_template: "oci.conf",
     });
     let args: Vec<String> = std::env::var("BENCH_ARGS")
         .map(|a| {

@@ -21,7 +21,7 @@ use gres_oci::selection::{Capabilities, Capability};
 const USAGE: &str = "\
 Usage: gres-oci-hook [-config=PATH] [-debug] COMMAND [ARGS]
 
-Commands:
+Commands (COMMAND --help for details):
   prestart                 OCI prestart hook: state on stdin, injects the GPUs the container asks for
   plan --bundle DIR        print, as JSON, every edit prestart would make for that bundle
   info [--json] [--source procfs|nvml]
@@ -172,6 +172,40 @@ fn main() -> ExitCode {
     }
 }
 
+/// The `--help` text of the commands whose flags this file parses.
+fn command_help(command: &str) -> Option<&'static str> {
+    Some(match command {
+        "prestart" => {
+            "\
+Usage: gres-oci-hook [-config=PATH] [-debug] prestart < STATE
+
+OCI prestart hook. Reads the OCI state (JSON with `bundle` and `pid`) on stdin and the bundle's
+config.json, then injects the GPUs and driver files the container asks for (NVIDIA_VISIBLE_DEVICES,
+NVIDIA_DRIVER_CAPABILITIES, NVIDIA_REQUIRE_*, GRES_OCI_GPUS) into its mount namespace.
+Exit 0 on success or for a container that asks for no GPU; 1 with one line on stderr otherwise.
+"
+        }
+        "plan" => {
+            "\
+Usage: gres-oci-hook [-config=PATH] plan --bundle DIR [--config PATH]
+
+Prints, as JSON, every edit prestart would make for the bundle in DIR: GPUs, device nodes,
+mounts, links, device cgroup rules and the linker-cache update. Changes nothing.
+"
+        }
+        "info" => {
+            "\
+Usage: gres-oci-hook [-config=PATH] info [--json] [--source procfs|nvml] [--config PATH]
+
+Prints the driver version, the CUDA driver version (NVML), each GPU (NVML index, minor number,
+UUID, PCI bus id) and the driver files found per capability. --source picks the inventory
+(default: NVML when it loads, else procfs); --json prints the same as JSON.
+"
+        }
+        _ => return None,
+    })
+}
+
 fn run(argv: &[String]) -> Result<()> {
     let args = match parse_args(argv) {
         Ok(Some(a)) => a,
@@ -181,38 +215,35 @@ fn run(argv: &[String]) -> Result<()> {
             return Err(e);
         }
     };
-    match args.command.as_str() {
-        "prestart" => {
-            let config = Config::load(args.config.as_deref())?;
-            init_logging(&config, args.debug);
-            prestart(&config)
+    if let Some(help) = command_help(&args.command) {
+        if has_flag(&args.rest, "help") || has_flag(&args.rest, "h") {
+            print!("{help}");
+            return Ok(());
         }
+    }
+    // `plan` and `info` also take `--config` after the command, as admins tend to type it.
+    let load_config = || -> Result<Config> {
+        let after = sub_flag(&args.rest, "config")?;
+        let path = args.config.as_deref().or(after.as_deref().map(Path::new));
+        let config = Config::load(path)?;
+        init_logging(&config, args.debug);
+        Ok(config)
+    };
+    match args.command.as_str() {
+        "prestart" => prestart(&load_config()?),
         "plan" => {
-            let config = Config::load(
-                args.config
-                    .as_deref()
-                    .or(sub_flag(&args.rest, "config")?.as_deref().map(Path::new)),
-            )?;
-            init_logging(&config, args.debug);
+            let config = load_config()?;
             let bundle = sub_flag(&args.rest, "bundle")?.context("plan needs --bundle DIR")?;
             let b = state::Bundle::load(Path::new(&bundle))?;
             let plan = gather::build_plan(&config, &b, "plan", None)?;
             println!("{}", serde_json::to_string_pretty(&plan)?);
             Ok(())
         }
-        "info" => {
-            let config = Config::load(
-                args.config
-                    .as_deref()
-                    .or(sub_flag(&args.rest, "config")?.as_deref().map(Path::new)),
-            )?;
-            init_logging(&config, args.debug);
-            info(
-                &config,
-                sub_flag(&args.rest, "source")?.as_deref(),
-                has_flag(&args.rest, "json"),
-            )
-        }
+        "info" => info(
+            &load_config()?,
+            sub_flag(&args.rest, "source")?.as_deref(),
+            has_flag(&args.rest, "json"),
+        ),
         "cdi" => cdi_cmd::run(args.config.as_deref(), &args.rest),
         "update-ldcache" => update_ldcache::run(&args.rest),
         // Every other stage is a no-op, so one hook entry can be listed for several stages.

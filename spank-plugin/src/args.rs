@@ -161,6 +161,31 @@ mod tests {
         }
     }
 
+    /// The shipped plugstack lines (both forms) name the plugin the same way and carry
+    /// arguments the plugin accepts.
+    #[test]
+    fn shipped_plugstack_lines() {
+        let line = |text: &'static str| -> Vec<&'static str> {
+            let l = text
+                .lines()
+                .find(|l| l.starts_with("required "))
+                .expect("a required line");
+            l.split_whitespace().collect()
+        };
+        let main = line(include_str!("../../slurm-conf/plugstack.conf"));
+        let dropin = line(include_str!(
+            "../../slurm-conf/plugstack.conf.d/gres-oci.conf"
+        ));
+        assert_eq!(main, dropin);
+        assert_eq!(
+            main[1], "gres-oci.so",
+            "make install puts the plugin in PluginDir under this name"
+        );
+        let s = SiteArgs::parse(main[2..].iter().copied()).unwrap();
+        assert_eq!(s.config, Some(PathBuf::from("/etc/gres-oci/config.toml")));
+        assert_eq!(s.hook, Some(PathBuf::from("/usr/bin/gres-oci-hook")));
+    }
+
     #[test]
     fn options_override_site() {
         let site = SiteArgs::default();

@@ -12,6 +12,9 @@
 
 #![allow(dead_code)]
 
+#[path = "../support/mod.rs"]
+mod support;
+
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::TcpListener;
@@ -313,6 +316,8 @@ pub struct Setup {
     pub cgroup: bool,
     /// Which shipped gres.conf to render: `gres.conf` or `gres.conf.not-minor-order`.
     pub gres_template: &'static str,
+    /// Which shipped oci.conf: `oci.conf` (runc) or `oci.conf.crun`.
+    pub oci_template: &'static str,
 }
 
 struct Daemon {
@@ -342,6 +347,9 @@ impl Cluster {
     /// Builds the node, renders the configs and starts munged, slurmctld and slurmd.
     pub fn start(setup: Setup) -> Cluster {
         preflight();
+        if setup.oci_template.contains("crun") {
+            support::prepare_cgroups_for_crun();
+        }
         let dir = tempfile::Builder::new()
             .prefix("gres-oci-slurm.")
             .tempdir()
@@ -474,7 +482,9 @@ impl Cluster {
         .unwrap();
         std::fs::write(
             self.root.join("etc/oci.conf"),
-            Self::template("oci.conf").replace("/run/slurm-runc", &format!("{r}/runc")),
+            Self::template(self.setup.oci_template)
+                .replace("/run/slurm-runc", &format!("{r}/runc"))
+                .replace("/run/slurm-crun", &format!("{r}/crun")),
         )
         .unwrap();
 
