@@ -100,8 +100,9 @@ END {
   # ---- the table ----
   printf "gres-oci benchmark  {%s}\n\n", meta
   printf "Container start (ms, wall of `RUNTIME run` of /bin/true; median [p25-p75]; ratio = median/bare median)\n"
-  printf "  noldc = the hook with ldconfig = \"\": the linker-cache step removed (in-process update ~ free)\n"
-  printf "%-6s %-22s %24s %7s %24s %7s\n", "rt", "config", "with ldconfig", "ratio", "noldc", "ratio"
+  printf "  full = the hook as shipped (linker cache updated in-process, host ldconfig only as fallback)\n"
+  printf "  noldc = the hook with ldconfig = \"\": no linker-cache step at all\n"
+  printf "%-6s %-22s %24s %7s %24s %7s\n", "rt", "config", "full", "ratio", "noldc", "ratio"
   for (r = 1; r <= nrt; r++) {
     rt = RT[r]
     l = "start/" rt "/bare"
@@ -252,7 +253,7 @@ END {
       if (pts != "")
         printf "<polyline points=\"%s\" fill=\"none\" stroke=\"%s\" stroke-width=\"2\" stroke-dasharray=\"%s\"/>\n", pts, color[rt], dash > svg
       printf "<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"%s\" stroke-width=\"2\" stroke-dasharray=\"%s\"/>\n", W - R + 15, ly, W - R + 45, ly, color[rt], dash > svg
-      printf "<text x=\"%d\" y=\"%d\">%s %s</text>\n", W - R + 50, ly + 4, rt, v == 0 ? "bare" : (v == 1 ? "+ hook" : "+ hook, no ldconfig") > svg
+      printf "<text x=\"%d\" y=\"%d\">%s %s</text>\n", W - R + 50, ly + 4, rt, v == 0 ? "bare" : (v == 1 ? "+ hook" : "+ hook, no linker cache") > svg
       ly += 20
     }
     # The `all` capabilities point.
