@@ -29,7 +29,7 @@ demo: build
 
 # Every test: unit tests, then the end-to-end tests with real runc, crun and Slurm.
 test: build check
-	$(CARGO) test --workspace
+	$(CARGO) test --workspace --no-fail-fast
 
 check: fmt clippy
 

@@ -18,7 +18,7 @@ fn main() {
         u32::from_str_radix(v.strip_prefix("0x")?, 16).ok()
     });
     if let Some(n) = number {
-        let v = format!("{}.{}.{}", n >> 16 & 0xff, n >> 8 & 0xff, n & 0xff);
+        let v = format!("{}.{:02}.{}", n >> 16 & 0xff, n >> 8 & 0xff, n & 0xff);
         println!("cargo:rustc-env=GRES_OCI_SLURM_VERSION={v}");
     }
 }
