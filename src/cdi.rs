@@ -216,10 +216,7 @@ pub fn generate(
         all.push(gpu_node.clone());
         for m in &g.migs {
             let mut nodes = vec![gpu_node.clone()];
-            for cap in [
-                format!("gpu{}/gi{}/access", g.minor, m.gi),
-                format!("gpu{}/gi{}/ci{}/access", g.minor, m.gi, m.ci),
-            ] {
+            for cap in m.capabilities(g.minor) {
                 let minor = opts
                     .mig_minors
                     .get(&cap)

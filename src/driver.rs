@@ -122,7 +122,19 @@ pub struct DriverRoot<'a> {
     pub binary_search_dirs: &'a [PathBuf],
 }
 
-impl DriverRoot<'_> {
+impl<'a> DriverRoot<'a> {
+    /// The driver root and search dirs a config names, for a driver `version` whose cache is
+    /// `cache`.
+    pub fn new(config: &'a crate::config::Config, cache: &'a LdCache, version: &'a str) -> Self {
+        DriverRoot {
+            root: &config.driver_root,
+            cache,
+            version,
+            library_search_dirs: &config.library_search_dirs,
+            binary_search_dirs: &config.binary_search_dirs,
+        }
+    }
+
     /// Finds the files for `caps`. Deterministic: everything is sorted.
     pub fn discover(&self, caps: &Capabilities) -> DriverFiles {
         let mut files = DriverFiles::default();

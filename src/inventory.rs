@@ -38,6 +38,17 @@ pub struct Mig {
     pub ci: u32,
 }
 
+impl Mig {
+    /// The driver's names (in `mig-minors`) of the two capabilities a process needs to use
+    /// this MIG device: its GPU instance's and its compute instance's access.
+    pub fn capabilities(&self, parent_minor: u32) -> [String; 2] {
+        [
+            format!("gpu{parent_minor}/gi{}/access", self.gi),
+            format!("gpu{parent_minor}/gi{}/ci{}/access", self.gi, self.ci),
+        ]
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {

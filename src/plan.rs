@@ -223,10 +223,7 @@ pub fn plan(i: &Inputs) -> Result<Plan, PlanError> {
     let mut migs = Vec::new();
     for (g, m) in &selection.migs {
         // A MIG device needs its GPU instance's and compute instance's access capabilities.
-        for cap in [
-            format!("gpu{}/gi{}/access", g.minor, m.gi),
-            format!("gpu{}/gi{}/ci{}/access", g.minor, m.gi, m.ci),
-        ] {
+        for cap in m.capabilities(g.minor) {
             let minor = i
                 .mig_minors
                 .get(&cap)

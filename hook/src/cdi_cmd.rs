@@ -176,14 +176,7 @@ fn generate(global_config: Option<&Path>, f: &Flags) -> Result<()> {
 
     let cache = gather::driver_cache(&config)?;
     let inv = gather::inventory(&config, &cache, None)?;
-    let driver = DriverRoot {
-        root: &config.driver_root,
-        cache: &cache,
-        version: &inv.driver_version,
-        library_search_dirs: &config.library_search_dirs,
-        binary_search_dirs: &config.binary_search_dirs,
-    }
-    .discover(&capabilities);
+    let driver = DriverRoot::new(&config, &cache, &inv.driver_version).discover(&capabilities);
     let devices = scan_dev_root(&config.dev_root)?;
     let mig_minors = if inv.gpus.iter().any(|g| !g.migs.is_empty()) {
         read_mig_minors(&config.proc_root)?

@@ -147,14 +147,8 @@ pub fn build_plan(
     }
     let cache = driver_cache(config)?;
     let inv = inventory(config, &cache, Some(&request))?;
-    let driver = DriverRoot {
-        root: &config.driver_root,
-        cache: &cache,
-        version: &inv.driver_version,
-        library_search_dirs: &config.library_search_dirs,
-        binary_search_dirs: &config.binary_search_dirs,
-    }
-    .discover(&request.capabilities);
+    let driver =
+        DriverRoot::new(config, &cache, &inv.driver_version).discover(&request.capabilities);
     for m in &driver.missing {
         tracing::debug!(file = %m, "driver file not found");
     }

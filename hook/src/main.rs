@@ -331,13 +331,7 @@ fn info(config: &Config, source: Option<&str>, json: bool) -> Result<()> {
         Some(s) => bail!("--source must be procfs or nvml, not {s:?}"),
         None => gather::inventory(config, &cache, None)?,
     };
-    let root = DriverRoot {
-        root: &config.driver_root,
-        cache: &cache,
-        version: &inv.driver_version,
-        library_search_dirs: &config.library_search_dirs,
-        binary_search_dirs: &config.binary_search_dirs,
-    };
+    let root = DriverRoot::new(config, &cache, &inv.driver_version);
     let per_cap: Vec<(Capability, _)> = Capability::ALL
         .iter()
         .map(|&c| {
