@@ -1,6 +1,6 @@
 //! Property tests over every parser that reads user- or site-controlled bytes and lives outside
 //! a module with its own (ldcache, gres.conf and the selection grammar carry theirs): arbitrary
-//! input must give a value or an error, never a panic. `PROPTEST_CASES=100000 cargo test --test
+//! input must give a value or an error, never a panic. `PROPTEST_CASES=50000 cargo test --test
 //! fuzz_parsers` runs them longer.
 
 use std::path::Path;
