@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The main job, without Slurm: a fake GPU node (mknod devices, real ELF driver libraries and
-# ld.so.cache, fake procfs and NVML), a busybox container started by real runc with
-# gres-oci-hook as its prestart hook, and what the container sees.
+# The main job. First without Slurm: a fake GPU node (mknod devices, real ELF driver libraries
+# and ld.so.cache, fake procfs and NVML), a busybox container started by real runc with
+# gres-oci-hook as its prestart hook, and what the container sees. Then through a private
+# single-node Slurm (munged, slurmctld, slurmd started and stopped by the test harness): a
+# `srun --container` job with two of four GPUs, through the SPANK plugin and the hook.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 target=${CARGO_TARGET_DIR:-$repo/target}/debug
@@ -53,3 +55,9 @@ echo "== runc run: what the container sees"
 runc --root "$work/runc" run --bundle "$work/bundle" demo </dev/null | sed 's/^/   /'
 echo "== hook log"
 sed 's/^/   /' "$work/node/hook.log"
+
+echo
+echo "==== The same through Slurm: the SPANK plugin and srun --container"
+cd "$repo"
+cargo test -q --test slurm_e2e -- --ignored --exact demo_slurm_job --nocapture 2>&1 |
+  grep -E '^(==|   )' || { echo "demo: the Slurm job failed; rerun: cargo test --test slurm_e2e -- --ignored --exact demo_slurm_job --nocapture" >&2; exit 1; }

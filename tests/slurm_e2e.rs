@@ -804,3 +804,45 @@ fn bench_srun() {
         mw / mo
     );
 }
+
+/// The README's main job (`make demo` runs it): a private single-node Slurm with four fake
+/// GPUs listed out of minor order in gres.conf, task/cgroup with ConstrainDevices, and a
+/// `srun --container` job asking for two GPUs, through the plugin and the hook. Prints what
+/// Slurm handed the step and what the container saw.
+#[test]
+#[ignore = "the demo; run by scripts/demo.sh"]
+fn demo_slurm_job() {
+    let _lock = slurm::serial();
+    let c = Cluster::start(Setup {
+        cgroup: true,
+        gres_template: "gres.conf.not-minor-order",
+        oci_template: "oci.conf",
+    });
+    println!(
+        "== Slurm: slurmctld and slurmd up, node {} with gres.conf:",
+        c.host
+    );
+    let gres = std::fs::read_to_string(c.root.join("etc/gres.conf")).unwrap();
+    for l in gres
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
+        println!("   {l}");
+    }
+    println!(
+        "   (so Slurm's GPU index i is /dev/nvidia{:?}[i])",
+        c.minors
+    );
+    let host = sh(&c, &["--gres=gpu:2"], r#"echo "   host step: SLURM_STEP_GPUS=$SLURM_STEP_GPUS CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES GRES_OCI_GPUS=$GRES_OCI_GPUS""#)
+        .success();
+    print!("== srun --gres=gpu:2 (a host step)\n{}", host.stdout);
+    let script = r#"echo "   GRES_OCI_GPUS=$GRES_OCI_GPUS"; echo "   CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES CUDA_DEVICE_ORDER=$CUDA_DEVICE_ORDER"; for d in /dev/nvidia*; do echo "   $(ls -l $d | awk '{print $1, $5, $6, $NF}'): $(cat $d 2>&1 </dev/null | sed 's/.*: //')"; done; echo "   libraries: $(ls /usr/lib64 /usr/lib/x86_64-linux-gnu 2>/dev/null | grep -E '^lib(cuda|nvidia-ml)' | tr '\n' ' ')"; nvidia-smi | sed 's/^/   /'"#;
+    let o = in_container(&c, &["--gres=gpu:2"], script).success();
+    print!(
+        "== srun --gres=gpu:2 --container=BUNDLE: what the container saw\n{}",
+        o.stdout
+    );
+    let log = c.hook_log();
+    println!("== hook log\n   {}", log.lines().last().unwrap_or(""));
+    assert!(log.contains("injected"));
+}
