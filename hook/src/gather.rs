@@ -107,6 +107,8 @@ fn allocation(
     config: &Config,
     pid: Option<i32>,
 ) -> Result<(Option<StepRef>, Option<Vec<PhysicalId>>)> {
+    // The real /proc, not `proc-root`: the pid is a live process, and `proc-root` only relocates
+    // the driver's files (tests point it at a fake tree).
     let Some(step) = pid.and_then(|p| find_step(Path::new("/proc"), p)) else {
         return Ok((None, None));
     };
