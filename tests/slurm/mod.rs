@@ -292,7 +292,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn short_hostname() -> String {
+pub fn short_hostname() -> String {
     let o = Command::new("hostname")
         .arg("-s")
         .output()
@@ -300,7 +300,7 @@ fn short_hostname() -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_owned()
 }
 
-fn id_of(flag: &str, user: &str) -> u32 {
+pub fn id_of(flag: &str, user: &str) -> u32 {
     let o = Command::new("id").args([flag, user]).output().expect("id");
     String::from_utf8_lossy(&o.stdout)
         .trim()
@@ -320,6 +320,20 @@ pub struct Setup {
     pub oci_template: &'static str,
 }
 
+/// Where the daemons and client commands run. The default is this machine; a test for another
+/// Slurm release runs them inside a prepared root (`tests/slurm24/`).
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    /// An `nsenter …` command line that every Slurm, munge and runc command is run through
+    /// (then `env --chdir=DIR`); empty: run them here. The cluster's temp dir and the repo
+    /// must have the same paths inside.
+    pub wrap: Vec<String>,
+    /// The plugin to load instead of `target/<profile>/libgres_oci_spank.so`.
+    pub plugin: Option<PathBuf>,
+    /// The munge user's (uid, gid) where munged runs (inside the root: its own ids).
+    pub munge_ids: Option<(u32, u32)>,
+}
+
 struct Daemon {
     name: &'static str,
     child: Child,
@@ -328,6 +342,7 @@ struct Daemon {
 /// A running private Slurm with one fake GPU node.
 pub struct Cluster {
     pub setup: Setup,
+    pub env: Env,
     dir: Option<tempfile::TempDir>,
     pub root: PathBuf,
     pub host: String,
@@ -346,6 +361,11 @@ pub struct Cluster {
 impl Cluster {
     /// Builds the node, renders the configs and starts munged, slurmctld and slurmd.
     pub fn start(setup: Setup) -> Cluster {
+        Cluster::start_in(setup, Env::default())
+    }
+
+    /// [`Cluster::start`] with the daemons and clients run as `env` says.
+    pub fn start_in(setup: Setup, env: Env) -> Cluster {
         preflight();
         if setup.oci_template.contains("crun") {
             support::prepare_cgroups_for_crun();
@@ -379,6 +399,7 @@ impl Cluster {
             root,
             dir: Some(dir),
             setup,
+            env,
             minors: Vec::new(),
             plugstack_line: String::new(),
             daemons: Vec::new(),
@@ -396,7 +417,7 @@ impl Cluster {
         c
     }
 
-    fn template(name: &str) -> String {
+    pub fn template(name: &str) -> String {
         let p = repo().join("slurm-conf").join(name);
         std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
     }
@@ -427,7 +448,8 @@ impl Cluster {
         let plugins = self.root.join("plugins");
         std::fs::create_dir_all(&plugins).unwrap();
         let _ = std::fs::remove_file(plugins.join("gres-oci.so"));
-        std::os::unix::fs::symlink(plugin_so(), plugins.join("gres-oci.so")).unwrap();
+        let so = self.env.plugin.clone().unwrap_or_else(plugin_so);
+        std::os::unix::fs::symlink(so, plugins.join("gres-oci.so")).unwrap();
         let slurm_dir = std::process::Command::new(repo().join("scripts/slurm-plugin-dir"))
             .output()
             .unwrap();
@@ -548,35 +570,7 @@ impl Cluster {
     /// A busybox bundle whose config.json came from `runc spec` (no hooks of its own: the
     /// plugin adds the hook on 22.05).
     fn make_bundle(&self) {
-        let rootfs = self.bundle.join("rootfs");
-        for d in ["bin", "dev", "proc", "sys", "tmp", "etc"] {
-            std::fs::create_dir_all(rootfs.join(d)).unwrap();
-        }
-        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect("busybox");
-        std::fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
-        let list = Command::new(busybox).arg("--list").output().unwrap();
-        for applet in String::from_utf8_lossy(&list.stdout).lines() {
-            if applet != "busybox" {
-                let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet));
-            }
-        }
-        let out = run(
-            Command::new("runc").arg("spec").current_dir(&self.bundle),
-            Duration::from_secs(20),
-        );
-        assert!(out.ok(), "{out}");
-        let path = self.bundle.join("config.json");
-        let mut spec: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        spec["process"]["terminal"] = json!(false);
-        spec["root"]["readonly"] = json!(false);
-        spec["linux"]["namespaces"]
-            .as_array_mut()
-            .unwrap()
-            .retain(|n| n["type"] != "network");
-        std::fs::write(&path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+        make_busybox_bundle(&self.bundle);
     }
 
     fn spawn_daemon(&mut self, name: &'static str, mut cmd: Command) {
@@ -604,21 +598,31 @@ impl Cluster {
         // munged, as the munge user, with its own socket under our dir.
         let m = self.root.join("munge");
         std::fs::create_dir_all(&m).unwrap();
-        let (uid, gid) = (id_of("-u", "munge"), id_of("-g", "munge"));
+        let (uid, gid) = self
+            .env
+            .munge_ids
+            .unwrap_or_else(|| (id_of("-u", "munge"), id_of("-g", "munge")));
         std::os::unix::fs::chown(&m, Some(uid), Some(gid)).unwrap();
+        let munged_args = [
+            "--foreground".to_owned(),
+            format!("--socket={}/munge.socket", m.display()),
+            format!("--pid-file={}/munged.pid", m.display()),
+            format!("--log-file={}/munged.log", m.display()),
+            format!("--seed-file={}/munged.seed", m.display()),
+        ];
         let mut cmd = Command::new("setsid");
-        cmd.arg("munged")
-            .arg("--foreground")
-            .arg(format!("--socket={}/munge.socket", m.display()))
-            .arg(format!("--pid-file={}/munged.pid", m.display()))
-            .arg(format!("--log-file={}/munged.log", m.display()))
-            .arg(format!("--seed-file={}/munged.seed", m.display()))
-            .uid(uid)
-            .gid(gid);
+        if self.env.wrap.is_empty() {
+            cmd.arg("munged").args(munged_args).uid(uid).gid(gid);
+        } else {
+            // nsenter needs root; runuser drops to the root's munge user inside.
+            cmd.args(self.wrap_args(&self.root))
+                .args(["runuser", "-u", "munge", "--", "munged"])
+                .args(munged_args);
+        }
         self.spawn_daemon("munged", cmd);
         self.wait_for("munged", Duration::from_secs(10), |c| {
             run(
-                Command::new("bash").arg("-c").arg(format!(
+                c.program("bash", &c.root).arg("-c").arg(format!(
                     "munge -S {s} -n | unmunge -S {s}",
                     s = c.root.join("munge/munge.socket").display()
                 )),
@@ -629,18 +633,49 @@ impl Cluster {
         });
 
         let mut cmd = Command::new("setsid");
-        cmd.args(["slurmctld", "-D", "-c", "-f"]).arg(&self.conf);
+        cmd.args(self.wrap_args(&self.root))
+            .args(["slurmctld", "-D", "-c", "-f"])
+            .arg(&self.conf);
         self.spawn_daemon("slurmctld", cmd);
         self.wait_for("slurmctld", Duration::from_secs(20), |c| {
             c.cmd("scontrol", &["ping"]).stdout.contains("is UP")
         });
         let mut cmd = Command::new("setsid");
-        cmd.args(["slurmd", "-D", "-f"]).arg(&self.conf);
+        cmd.args(self.wrap_args(&self.root))
+            .args(["slurmd", "-D", "-f"])
+            .arg(&self.conf);
         self.spawn_daemon("slurmd", cmd);
         self.wait_for("slurmd (node idle)", Duration::from_secs(30), |c| {
             let s = c.cmd("sinfo", &["-h", "-N", "-o", "%T"]).stdout;
             s.contains("idle") || s.contains("mixed") || s.contains("allocated")
         });
+    }
+
+    /// `env.wrap` with `env --chdir=wd`, or nothing when commands run here.
+    fn wrap_args(&self, wd: &Path) -> Vec<String> {
+        let mut v = self.env.wrap.clone();
+        if !v.is_empty() {
+            v.push("env".into());
+            v.push(format!("--chdir={}", wd.display()));
+        }
+        v
+    }
+
+    /// `program` run where this cluster's daemons run, in `wd`.
+    pub fn program(&self, program: &str, wd: &Path) -> Command {
+        let wrap = self.wrap_args(wd);
+        match wrap.split_first() {
+            None => {
+                let mut c = Command::new(program);
+                c.current_dir(wd);
+                c
+            }
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(program);
+                c
+            }
+        }
     }
 
     fn wait_for(&mut self, what: &str, limit: Duration, mut ready: impl FnMut(&Cluster) -> bool) {
@@ -660,7 +695,7 @@ impl Cluster {
     /// A Slurm client command against this cluster, from its work dir, with an environment
     /// free of any outer job's variables.
     pub fn command(&self, program: &str) -> Command {
-        let mut c = Command::new(program);
+        let mut c = self.program(program, &self.root.join("work"));
         for (k, _) in std::env::vars_os() {
             let k = k.to_string_lossy();
             if k.starts_with("SLURM_")
@@ -831,7 +866,7 @@ impl Cluster {
         // Leftover containers in our runc root.
         let runc_root = self.root.join("runc");
         let ids = run(
-            Command::new("runc")
+            self.program("runc", &self.root)
                 .arg("--root")
                 .arg(&runc_root)
                 .args(["list", "-q"]),
@@ -839,7 +874,7 @@ impl Cluster {
         );
         for id in ids.stdout.lines().filter(|l| !l.is_empty()) {
             let _ = run(
-                Command::new("runc")
+                self.program("runc", &self.root)
                     .arg("--root")
                     .arg(&runc_root)
                     .args(["delete", "--force", id]),
@@ -866,7 +901,41 @@ impl Cluster {
     }
 }
 
-fn wait_bounded_term(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+/// A busybox bundle in `bundle` whose config.json came from `runc spec` (terminal off, rootfs
+/// writable, no network namespace; no hooks of its own).
+pub fn make_busybox_bundle(bundle: &Path) {
+    let rootfs = bundle.join("rootfs");
+    for d in ["bin", "dev", "proc", "sys", "tmp", "etc"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("busybox");
+    std::fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
+    let list = Command::new(busybox).arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" {
+            let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet));
+        }
+    }
+    let out = run(
+        Command::new("runc").arg("spec").current_dir(bundle),
+        Duration::from_secs(20),
+    );
+    assert!(out.ok(), "{out}");
+    let path = bundle.join("config.json");
+    let mut spec: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    spec["process"]["terminal"] = json!(false);
+    spec["root"]["readonly"] = json!(false);
+    spec["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|n| n["type"] != "network");
+    std::fs::write(&path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+}
+
+pub fn wait_bounded_term(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + limit;
     loop {
         match child.try_wait() {
@@ -906,7 +975,7 @@ fn remove_cgroup_tree(dir: &Path) {
 }
 
 /// PIDs of `slurmstepd` processes whose working directory lies under `root`.
-fn stepds_in(root: &Path) -> Vec<libc::pid_t> {
+pub fn stepds_in(root: &Path) -> Vec<libc::pid_t> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return out;
