@@ -23,7 +23,7 @@ mod slurm;
 use std::collections::{BTreeMap, BTreeSet};
 
 use multinode::{MultiCluster, Node};
-use slurm::Out;
+use slurm::{Client, Out};
 
 /// Written into the bundle as `/probe.sh` (so that it survives the quoting of batch scripts).
 const PROBE_SH: &str = r#"for d in /dev/nvidia*; do case ${d#/dev/nvidia} in *[!0-9]*|'') ;; *) echo "DEV ${d#/dev/nvidia} $(cat $d 2>&1 </dev/null)";; esac; done; env"#;

@@ -16,7 +16,7 @@ mod slurm24;
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Value};
-use slurm::{Cluster, Env, Setup};
+use slurm::{Client, Cluster, Env, Setup};
 
 const PROBE_SH: &str = r#"for d in /dev/nvidia*; do case ${d#/dev/nvidia} in *[!0-9]*|'') ;; *) echo "DEV ${d#/dev/nvidia} $(cat $d 2>&1 </dev/null)";; esac; done; env"#;
 const ENXIO: &str = "No such device or address";

@@ -16,7 +16,7 @@ mod slurm;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use slurm::{uuid_of_minor, Cluster, Out, Running, Setup};
+use slurm::{uuid_of_minor, Client, Cluster, Out, Running, Setup};
 
 /// Prints each device node `/dev/nvidiaN` with what opening it says, the environment, and
 /// the cgroups. ENXIO ("No such device or address") = allowed; EPERM = denied by the cgroup.

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::slurm::{self, run, Out};
+use crate::slurm::{self, run, Client};
 
 const SUBNET: &str = "10.213.0";
 
@@ -550,81 +550,6 @@ impl MultiCluster {
         c
     }
 
-    pub fn cmd(&self, program: &str, args: &[&str]) -> Out {
-        run(self.command(program).args(args), Duration::from_secs(60))
-    }
-
-    pub fn wait_idle(&self, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            let q = self.cmd("squeue", &["-h", "-o", "%i"]);
-            if q.ok() && q.stdout.trim().is_empty() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    pub fn srun(&self, args: &[&str]) -> Out {
-        self.wait_idle(Duration::from_secs(20));
-        self.cmd("srun", args)
-    }
-
-    /// Submits `script`, waits (bounded) for the job to end; returns the submission with
-    /// `status` = the job's exit code, and the job's output.
-    pub fn sbatch(&self, args: &[&str], script: &str) -> (Out, String) {
-        let n = std::fs::read_dir(self.root.join("work"))
-            .map(|d| d.count())
-            .unwrap_or(0);
-        let script_path = self.root.join(format!("work/job{n}.sh"));
-        std::fs::write(&script_path, format!("#!/bin/sh\n{script}\n")).unwrap();
-        let out_path = self.root.join(format!("work/job{n}.out"));
-        let mut all: Vec<String> = vec![
-            "--parsable".into(),
-            format!("--output={}", out_path.display()),
-        ];
-        all.extend(args.iter().map(|s| s.to_string()));
-        all.push(script_path.display().to_string());
-        self.wait_idle(Duration::from_secs(20));
-        let mut out = run(self.command("sbatch").args(&all), Duration::from_secs(60));
-        if !out.ok() {
-            return (out, String::new());
-        }
-        let id = out.stdout.trim().split(';').next().unwrap_or("").to_owned();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let (state, code) = loop {
-            let s = self.cmd("scontrol", &["show", "job", "-o", &id]).stdout;
-            let field = |k: &str| {
-                s.split_whitespace()
-                    .find_map(|t| t.strip_prefix(k))
-                    .unwrap_or("")
-                    .to_owned()
-            };
-            let state = field("JobState=");
-            if !["PENDING", "RUNNING", "CONFIGURING", "COMPLETING", ""].contains(&state.as_str()) {
-                break (state, field("ExitCode="));
-            }
-            if Instant::now() > deadline {
-                let _ = self.cmd("scancel", &[&id]);
-                break (
-                    format!("{state} (harness: timed out, cancelled)"),
-                    String::new(),
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let rc = code.split(':').next().and_then(|c| c.parse().ok());
-        out.status = if state == "COMPLETED" {
-            Some(0)
-        } else {
-            rc.filter(|&c| c != 0).or(Some(-1))
-        };
-        out.stderr
-            .push_str(&format!("[harness: job {id} {state} ExitCode={code}]\n"));
-        let text = std::fs::read_to_string(&out_path).unwrap_or_default();
-        (out, text)
-    }
-
     pub fn slurmd_log(&self, node: usize) -> String {
         std::fs::read_to_string(
             self.root
@@ -726,5 +651,14 @@ impl Drop for MultiCluster {
                 eprintln!("harness: keeping {}", d.keep().display());
             }
         }
+    }
+}
+
+impl slurm::Client for MultiCluster {
+    fn command(&self, program: &str) -> Command {
+        MultiCluster::command(self, program)
+    }
+    fn work_dir(&self) -> PathBuf {
+        self.root.join("work")
     }
 }

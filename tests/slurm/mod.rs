@@ -714,78 +714,6 @@ impl Cluster {
         c
     }
 
-    pub fn cmd(&self, program: &str, args: &[&str]) -> Out {
-        run(self.command(program).args(args), Duration::from_secs(60))
-    }
-
-    /// `srun ARGS` once the queue is empty, so that Slurm picks GPUs from an idle node (a job
-    /// still completing would push the next one onto other indices).
-    pub fn srun(&self, args: &[&str]) -> Out {
-        self.wait_idle(Duration::from_secs(20));
-        self.cmd("srun", args)
-    }
-
-    /// Submits `script` with sbatch and waits (bounded) until the job ends; returns the
-    /// submission's output with `status` set to the job's exit code, and the job's output
-    /// file. Polls `scontrol show job` every 50 ms (`sbatch --wait` backs off to seconds).
-    pub fn sbatch(&self, args: &[&str], script: &str) -> (Out, String) {
-        let n = self
-            .root
-            .join("work")
-            .read_dir()
-            .map(|d| d.count())
-            .unwrap_or(0);
-        let script_path = self.root.join(format!("work/job{n}.sh"));
-        std::fs::write(&script_path, format!("#!/bin/sh\n{script}\n")).unwrap();
-        let out_path = self.root.join(format!("work/job{n}.out"));
-        let mut all: Vec<String> = vec![
-            "--parsable".into(),
-            format!("--output={}", out_path.display()),
-        ];
-        all.extend(args.iter().map(|s| s.to_string()));
-        all.push(script_path.display().to_string());
-        self.wait_idle(Duration::from_secs(20));
-        let mut out = run(self.command("sbatch").args(&all), Duration::from_secs(60));
-        if !out.ok() {
-            return (out, String::new());
-        }
-        let id = out.stdout.trim().split(';').next().unwrap_or("").to_owned();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let (state, code) = loop {
-            let s = self.cmd("scontrol", &["show", "job", "-o", &id]).stdout;
-            let field = |k: &str| {
-                s.split_whitespace()
-                    .find_map(|t| t.strip_prefix(k))
-                    .unwrap_or("")
-                    .to_owned()
-            };
-            let state = field("JobState=");
-            if !["PENDING", "RUNNING", "CONFIGURING", "COMPLETING", ""].contains(&state.as_str()) {
-                break (state, field("ExitCode="));
-            }
-            if Instant::now() > deadline {
-                let _ = self.cmd("scancel", &[&id]);
-                break (
-                    format!("{state} (harness: timed out, cancelled)"),
-                    String::new(),
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        // ExitCode=rc:signal
-        let rc = code.split(':').next().and_then(|c| c.parse().ok());
-        out.status = if state == "COMPLETED" {
-            Some(0)
-        } else {
-            rc.filter(|&c| c != 0).or(Some(-1))
-        };
-        out.stderr
-            .push_str(&format!("[harness: job {id} {state} ExitCode={code}]\n"));
-        // The output file is complete once the job is; give NFS-less local fs a moment anyway.
-        let text = std::fs::read_to_string(&out_path).unwrap_or_default();
-        (out, text)
-    }
-
     /// Slurm's index list → minors, via this node's gres.conf.
     pub fn minors_of(&self, indices: &[usize]) -> Vec<u32> {
         indices.iter().map(|&i| self.minors[i]).collect()
@@ -843,18 +771,6 @@ impl Cluster {
             s.push_str(&format!("--- {f} (tail)\n{}\n", lines[start..].join("\n")));
         }
         s
-    }
-
-    /// Waits until no job of ours is left in the queue.
-    pub fn wait_idle(&self, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            let q = self.cmd("squeue", &["-h", "-o", "%i"]);
-            if q.ok() && q.stdout.trim().is_empty() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
     }
 
     fn stop(&mut self) {
@@ -1060,6 +976,104 @@ impl Drop for Cluster {
                 eprintln!("harness: keeping {}", d.keep().display());
             }
         }
+    }
+}
+
+/// What every test cluster offers its tests: Slurm's client commands with the cluster's
+/// environment. Implementors say how to run a client and where job files go; the rest is here
+/// once.
+pub trait Client {
+    /// A client command (`srun`, `sbatch`, `scontrol`, …) set up for this cluster.
+    fn command(&self, program: &str) -> Command;
+    /// A scratch directory for job scripts and their output.
+    fn work_dir(&self) -> PathBuf;
+
+    fn cmd(&self, program: &str, args: &[&str]) -> Out {
+        run(self.command(program).args(args), Duration::from_secs(60))
+    }
+
+    /// `srun ARGS` once the queue is empty, so that Slurm picks GPUs from an idle node (a job
+    /// still completing would push the next one onto other indices).
+    fn srun(&self, args: &[&str]) -> Out {
+        self.wait_idle(Duration::from_secs(20));
+        self.cmd("srun", args)
+    }
+
+    /// Submits `script` with sbatch and waits (bounded) until the job ends; returns the
+    /// submission's output with `status` set to the job's exit code, and the job's output
+    /// file. Polls `scontrol show job` every 50 ms (`sbatch --wait` backs off to seconds).
+    fn sbatch(&self, args: &[&str], script: &str) -> (Out, String) {
+        let n = self.work_dir().read_dir().map(|d| d.count()).unwrap_or(0);
+        let script_path = self.work_dir().join(format!("job{n}.sh"));
+        std::fs::write(&script_path, format!("#!/bin/sh\n{script}\n")).unwrap();
+        let out_path = self.work_dir().join(format!("job{n}.out"));
+        let mut all: Vec<String> = vec![
+            "--parsable".into(),
+            format!("--output={}", out_path.display()),
+        ];
+        all.extend(args.iter().map(|s| s.to_string()));
+        all.push(script_path.display().to_string());
+        self.wait_idle(Duration::from_secs(20));
+        let mut out = run(self.command("sbatch").args(&all), Duration::from_secs(60));
+        if !out.ok() {
+            return (out, String::new());
+        }
+        let id = out.stdout.trim().split(';').next().unwrap_or("").to_owned();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let (state, code) = loop {
+            let s = self.cmd("scontrol", &["show", "job", "-o", &id]).stdout;
+            let field = |k: &str| {
+                s.split_whitespace()
+                    .find_map(|t| t.strip_prefix(k))
+                    .unwrap_or("")
+                    .to_owned()
+            };
+            let state = field("JobState=");
+            if !["PENDING", "RUNNING", "CONFIGURING", "COMPLETING", ""].contains(&state.as_str()) {
+                break (state, field("ExitCode="));
+            }
+            if Instant::now() > deadline {
+                let _ = self.cmd("scancel", &[&id]);
+                break (
+                    format!("{state} (harness: timed out, cancelled)"),
+                    String::new(),
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        // ExitCode=rc:signal
+        let rc = code.split(':').next().and_then(|c| c.parse().ok());
+        out.status = if state == "COMPLETED" {
+            Some(0)
+        } else {
+            rc.filter(|&c| c != 0).or(Some(-1))
+        };
+        out.stderr
+            .push_str(&format!("[harness: job {id} {state} ExitCode={code}]\n"));
+        // The output file is complete once the job is; give NFS-less local fs a moment anyway.
+        let text = std::fs::read_to_string(&out_path).unwrap_or_default();
+        (out, text)
+    }
+
+    /// Waits until no job of ours is left in the queue.
+    fn wait_idle(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            let q = self.cmd("squeue", &["-h", "-o", "%i"]);
+            if q.ok() && q.stdout.trim().is_empty() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Client for Cluster {
+    fn command(&self, program: &str) -> Command {
+        Cluster::command(self, program)
+    }
+    fn work_dir(&self) -> PathBuf {
+        self.root.join("work")
     }
 }
 
