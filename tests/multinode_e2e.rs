@@ -23,7 +23,7 @@ mod slurm;
 use std::collections::{BTreeMap, BTreeSet};
 
 use multinode::{MultiCluster, Node};
-use slurm::{Client, Out};
+use slurm::{devices, scenario, slurm_list, Client, Out};
 
 /// Written into the bundle as `/probe.sh` (so that it survives the quoting of batch scripts).
 const PROBE_SH: &str = r#"for d in /dev/nvidia*; do case ${d#/dev/nvidia} in *[!0-9]*|'') ;; *) echo "DEV ${d#/dev/nvidia} $(cat $d 2>&1 </dev/null)";; esac; done; env"#;
@@ -45,24 +45,6 @@ fn by_task(stdout: &str) -> BTreeMap<u32, String> {
         e.push('\n');
     }
     m
-}
-
-fn devices(out: &str) -> BTreeMap<u32, String> {
-    out.lines()
-        .filter_map(|l| l.strip_prefix("DEV "))
-        .filter_map(|l| l.split_once(' '))
-        .map(|(m, r)| (m.parse().unwrap(), r.to_owned()))
-        .collect()
-}
-
-fn slurm_list(s: &str) -> Vec<usize> {
-    s.split(',')
-        .filter(|x| !x.is_empty())
-        .flat_map(|x| match x.split_once('-') {
-            Some((a, b)) => (a.parse().unwrap()..=b.parse().unwrap()).collect::<Vec<usize>>(),
-            None => vec![x.parse().unwrap()],
-        })
-        .collect()
 }
 
 /// Checks one task's container output against `node` with Slurm indices `0..k`.
@@ -106,13 +88,6 @@ fn node_of<'a>(c: &'a MultiCluster, gpus: &str, o: &Out) -> &'a Node {
         .iter()
         .find(|n| n.owns(gpus))
         .unwrap_or_else(|| panic!("GPUs {gpus:?} belong to no single node\n{o}"))
-}
-
-fn scenario(name: &str, f: impl FnOnce()) {
-    let t = std::time::Instant::now();
-    eprintln!("scenario {name} ...");
-    f();
-    eprintln!("scenario {name} ok ({:.1?})", t.elapsed());
 }
 
 fn srun_two_nodes_container(c: &MultiCluster) {

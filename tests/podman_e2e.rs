@@ -113,35 +113,23 @@ impl Drop for CdiSpec {
     }
 }
 
-struct Seen {
-    lines: Vec<String>,
+/// A podman run's probe output, with the dirs it must outlive.
+struct PodmanSeen {
+    seen: Seen,
     out: tempfile::TempDir,
     _rootfs: tempfile::TempDir,
 }
 
-impl Seen {
-    fn nodes(&self) -> BTreeSet<String> {
-        self.lines
-            .iter()
-            .filter_map(|l| l.strip_prefix("node /dev/"))
-            .map(str::to_owned)
-            .collect()
-    }
-    fn open(&self, path: &str) -> &str {
-        let prefix = format!("open {path} ");
-        self.lines
-            .iter()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .unwrap_or_else(|| panic!("no open result for {path}: {:#?}", self.lines))
-    }
-    fn has(&self, line: &str) -> bool {
-        self.lines.iter().any(|l| l == line)
+impl std::ops::Deref for PodmanSeen {
+    type Target = Seen;
+    fn deref(&self) -> &Seen {
+        &self.seen
     }
 }
 
 /// `podman [global] run … --rootfs <fresh busybox rootfs> /bin/sh -c PROBE` with the node's
 /// device dir at /hostdev and an output dir at /out.
-fn podman_run(node: &FakeNode, global: &[&str], run_args: &[String]) -> (Output, Seen) {
+fn podman_run(node: &FakeNode, global: &[&str], run_args: &[String]) -> (Output, PodmanSeen) {
     let rootfs = tempfile::Builder::new()
         .prefix("gres-oci-podman-rootfs")
         .tempdir()
@@ -177,8 +165,8 @@ fn podman_run(node: &FakeNode, global: &[&str], run_args: &[String]) -> (Output,
         .collect();
     (
         o,
-        Seen {
-            lines,
+        PodmanSeen {
+            seen: Seen { lines },
             out,
             _rootfs: rootfs,
         },
@@ -187,7 +175,7 @@ fn podman_run(node: &FakeNode, global: &[&str], run_args: &[String]) -> (Output,
 
 /// A podman run with CDI devices and an empty hooks dir, so no hook installed on the host
 /// takes part.
-fn run_cdi(node: &FakeNode, devices: &[String]) -> Seen {
+fn run_cdi(node: &FakeNode, devices: &[String]) -> PodmanSeen {
     let hooks = tempfile::tempdir().unwrap();
     let hooks_dir = hooks.path().display().to_string();
     let args: Vec<String> = devices
@@ -206,7 +194,7 @@ fn set(items: &[&str]) -> BTreeSet<String> {
 
 /// The node's GPU nodes are exactly `gpus` (plus the control nodes), those open to ENXIO and
 /// the node's other GPUs are denied by the device cgroup.
-fn check_gpus(seen: &Seen, gpus: &[&str], what: &str) {
+fn check_gpus(seen: &PodmanSeen, gpus: &[&str], what: &str) {
     let mut want = set(gpus);
     want.extend(CONTROL.iter().map(|s| s.to_string()));
     assert_eq!(seen.nodes(), want, "{what}: {:#?}", seen.lines);
@@ -229,7 +217,7 @@ fn check_gpus(seen: &Seen, gpus: &[&str], what: &str) {
 
 /// The driver files, the soname links made by `update-ldcache`, and a linker cache that
 /// knows them.
-fn check_driver(seen: &Seen, what: &str) {
+fn check_driver(seen: &PodmanSeen, what: &str) {
     for l in [
         format!("file {LIBDIR}/libcuda.so.550.54.15"),
         format!("link {LIBDIR}/libcuda.so.1 -> libcuda.so.550.54.15"),
@@ -352,7 +340,7 @@ fn hooks_dir_for(node: &FakeNode) -> tempfile::TempDir {
     dir
 }
 
-fn hooks_run(node: &FakeNode, dir: &Path, args: &[&str]) -> Seen {
+fn hooks_run(node: &FakeNode, dir: &Path, args: &[&str]) -> PodmanSeen {
     let d = dir.display().to_string();
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     let (o, seen) = podman_run(node, &["--hooks-dir", &d], &args);

@@ -28,30 +28,6 @@ echo "env CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES-unset}"
 echo probe-done
 "#;
 
-struct Seen {
-    lines: Vec<String>,
-}
-
-impl Seen {
-    fn nodes(&self) -> BTreeSet<String> {
-        self.lines
-            .iter()
-            .filter_map(|l| l.strip_prefix("node /dev/"))
-            .map(str::to_owned)
-            .collect()
-    }
-    fn open(&self, path: &str) -> &str {
-        let prefix = format!("open {path} ");
-        self.lines
-            .iter()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .unwrap_or_else(|| panic!("no open result for {path}: {:#?}", self.lines))
-    }
-    fn has(&self, line: &str) -> bool {
-        self.lines.iter().any(|l| l == line)
-    }
-}
-
 struct Case<'a> {
     node: &'a FakeNode,
     env: &'a [&'a str],
@@ -829,7 +805,7 @@ fn many_concurrent_containers() {
         if i % 4 == 3 {
             assert!(!ok, "container {i} should have failed: {out}");
         } else {
-            assert!(ok, "container {i}: {out}");
+            assert!(ok, "container {i}: {out}\nhook log:\n{}", node.log());
             let m = minor[i % 4];
             assert!(
                 out.contains(&format!("nvidia{m}\n")),

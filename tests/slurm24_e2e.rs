@@ -13,28 +13,13 @@
 mod slurm;
 mod slurm24;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use serde_json::{json, Value};
-use slurm::{Client, Cluster, Env, Setup};
+use slurm::{devices, scenario, Client, Cluster, Env, Setup};
 
 const PROBE_SH: &str = r#"for d in /dev/nvidia*; do case ${d#/dev/nvidia} in *[!0-9]*|'') ;; *) echo "DEV ${d#/dev/nvidia} $(cat $d 2>&1 </dev/null)";; esac; done; env"#;
 const ENXIO: &str = "No such device or address";
-
-fn devices(out: &str) -> BTreeMap<u32, String> {
-    out.lines()
-        .filter_map(|l| l.strip_prefix("DEV "))
-        .filter_map(|l| l.split_once(' '))
-        .map(|(m, r)| (m.parse().unwrap(), r.to_owned()))
-        .collect()
-}
-
-fn scenario(name: &str, f: impl FnOnce()) {
-    let t = std::time::Instant::now();
-    eprintln!("scenario {name} ...");
-    f();
-    eprintln!("scenario {name} ok ({:.1?})", t.elapsed());
-}
 
 /// The bundle runs the hook itself (nothing adds it on 24.11) and has the probe script.
 fn prepare_bundle(c: &Cluster) {

@@ -13,10 +13,10 @@
 
 mod slurm;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
-use slurm::{uuid_of_minor, Client, Cluster, Out, Running, Setup};
+use slurm::{devices, scenario, slurm_list, uuid_of_minor, Client, Cluster, Out, Running, Setup};
 
 /// Prints each device node `/dev/nvidiaN` with what opening it says, the environment, and
 /// the cgroups. ENXIO ("No such device or address") = allowed; EPERM = denied by the cgroup.
@@ -24,15 +24,6 @@ const PROBE: &str = r#"for d in /dev/nvidia*; do case ${d#/dev/nvidia} in *[!0-9
 
 const ENXIO: &str = "No such device or address";
 const EPERM: &str = "Operation not permitted";
-
-/// `DEV N result` lines → minor → result.
-fn devices(out: &str) -> BTreeMap<u32, String> {
-    out.lines()
-        .filter_map(|l| l.strip_prefix("DEV "))
-        .filter_map(|l| l.split_once(' '))
-        .map(|(m, r)| (m.parse().unwrap(), r.to_owned()))
-        .collect()
-}
 
 /// Minors named by a GRES_OCI_GPUS value (fake UUIDs).
 fn minors_in(gpus: &str) -> BTreeSet<u32> {
@@ -46,13 +37,6 @@ fn minors_in(gpus: &str) -> BTreeSet<u32> {
                 .0
         })
         .collect()
-}
-
-fn scenario(name: &str, f: impl FnOnce()) {
-    let t = std::time::Instant::now();
-    eprintln!("scenario {name} ...");
-    f();
-    eprintln!("scenario {name} ok ({:.1?})", t.elapsed());
 }
 
 fn sh(c: &Cluster, srun_args: &[&str], script: &str) -> Out {
@@ -324,16 +308,6 @@ fn batch_container(c: &Cluster) {
         .map(|m| format!("nvidia{m}"))
         .collect();
     assert_eq!(devs, want, "{text}");
-}
-
-fn slurm_list(s: &str) -> Vec<usize> {
-    s.split(',')
-        .filter(|x| !x.is_empty())
-        .flat_map(|x| match x.split_once('-') {
-            Some((a, b)) => (a.parse().unwrap()..=b.parse().unwrap()).collect::<Vec<usize>>(),
-            None => vec![x.parse().unwrap()],
-        })
-        .collect()
 }
 
 fn per_task_binding(c: &Cluster) {

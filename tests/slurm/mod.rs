@@ -979,6 +979,34 @@ impl Drop for Cluster {
     }
 }
 
+/// `DEV N result` lines of a test probe → minor → what opening `/dev/nvidiaN` said.
+pub fn devices(out: &str) -> BTreeMap<u32, String> {
+    out.lines()
+        .filter_map(|l| l.strip_prefix("DEV "))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(m, r)| (m.parse().unwrap(), r.to_owned()))
+        .collect()
+}
+
+/// Runs one named scenario of a cluster's test, timing it on stderr.
+pub fn scenario(name: &str, f: impl FnOnce()) {
+    let t = std::time::Instant::now();
+    eprintln!("scenario {name} ...");
+    f();
+    eprintln!("scenario {name} ok ({:.1?})", t.elapsed());
+}
+
+/// Slurm's GPU index lists (`0,2-3`) → indices.
+pub fn slurm_list(s: &str) -> Vec<usize> {
+    s.split(',')
+        .filter(|x| !x.is_empty())
+        .flat_map(|x| match x.split_once('-') {
+            Some((a, b)) => (a.parse().unwrap()..=b.parse().unwrap()).collect::<Vec<usize>>(),
+            None => vec![x.parse().unwrap()],
+        })
+        .collect()
+}
+
 /// What every test cluster offers its tests: Slurm's client commands with the cluster's
 /// environment. Implementors say how to run a client and where job files go; the rest is here
 /// once.

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -281,4 +282,29 @@ pub fn tree(dir: &Path) -> Vec<String> {
     walk(dir, dir, &mut out);
     out.sort();
     out
+}
+
+/// What a probe script printed in a container: `node PATH` and `open PATH RESULT` lines.
+pub struct Seen {
+    pub lines: Vec<String>,
+}
+
+impl Seen {
+    pub fn nodes(&self) -> BTreeSet<String> {
+        self.lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("node /dev/"))
+            .map(str::to_owned)
+            .collect()
+    }
+    pub fn open(&self, path: &str) -> &str {
+        let prefix = format!("open {path} ");
+        self.lines
+            .iter()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no open result for {path}: {:#?}", self.lines))
+    }
+    pub fn has(&self, line: &str) -> bool {
+        self.lines.iter().any(|l| l == line)
+    }
 }
