@@ -1492,7 +1492,7 @@ mod tests {
 
     // ---- caches written by the real ldconfig ----
 
-    fn have_tools() -> bool {
+    pub(super) fn have_tools() -> bool {
         let gcc = Command::new("gcc").arg("--version").output();
         let ok = Path::new(LDCONFIG).exists() && gcc.is_ok_and(|o| o.status.success());
         if !ok {
@@ -1501,7 +1501,7 @@ mod tests {
         ok
     }
 
-    fn gcc_so(out: &Path, soname: &str, extra: &[&str]) -> bool {
+    pub(super) fn gcc_so(out: &Path, soname: &str, extra: &[&str]) -> bool {
         let mut child = Command::new("gcc")
             .args(["-shared", "-fPIC", "-x", "c", "-", "-x", "none", "-o"])
             .arg(out)
@@ -1521,7 +1521,7 @@ mod tests {
         child.wait_with_output().unwrap().status.success()
     }
 
-    fn run_ldconfig(args: &[&str]) {
+    pub(super) fn run_ldconfig(args: &[&str]) {
         let out = Command::new(LDCONFIG).args(args).output().unwrap();
         assert!(
             out.status.success(),
@@ -1857,52 +1857,19 @@ mod tests {
 mod writer_tests {
     //! The writer against glibc's own ldconfig: round trips, merges and ld.so's lookup order.
 
+    use super::tests::{gcc_so, have_tools, run_ldconfig};
     use super::*;
     use proptest::prelude::*;
     use std::cmp::Ordering;
-    use std::process::{Command, Stdio};
+    use std::process::Command;
 
     const LDCONFIG: &str = "/usr/sbin/ldconfig";
-
-    fn have_tools() -> bool {
-        let gcc = Command::new("gcc").arg("--version").output();
-        let ok = Path::new(LDCONFIG).exists() && gcc.is_ok_and(|o| o.status.success());
-        if !ok {
-            eprintln!("skipping: needs gcc and {LDCONFIG}");
-        }
-        ok
-    }
 
     /// A real ELF shared object with that soname (ldconfig ignores anything else).
     fn so(root: &Path, rel: &str, soname: &str, extra: &[&str]) -> bool {
         let out = root.join(rel.trim_start_matches('/'));
         std::fs::create_dir_all(out.parent().unwrap()).unwrap();
-        let mut child = Command::new("gcc")
-            .args(["-shared", "-fPIC", "-x", "c", "-", "-x", "none", "-o"])
-            .arg(&out)
-            .arg(format!("-Wl,-soname,{soname}"))
-            .args(extra)
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(b"int f(void){return 1;}\n")
-            .unwrap();
-        child.wait_with_output().unwrap().status.success()
-    }
-
-    fn ldconfig(args: &[&str]) {
-        let out = Command::new(LDCONFIG).args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "ldconfig {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        gcc_so(&out, soname, extra)
     }
 
     /// The entry lines of `ldconfig -p -C file`, in order (the generator line left out).
@@ -2001,7 +1968,7 @@ mod writer_tests {
         }
         std::fs::create_dir_all(r.join("etc")).unwrap();
         std::fs::write(r.join("etc/ld.so.conf"), conf).unwrap();
-        ldconfig(&["-r", r.to_str().unwrap()]);
+        run_ldconfig(&["-r", r.to_str().unwrap()]);
         dir
     }
 
@@ -2063,7 +2030,7 @@ mod writer_tests {
         // The empty cache too.
         let empty = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(empty.path().join("etc")).unwrap();
-        ldconfig(&["-r", empty.path().to_str().unwrap()]);
+        run_ldconfig(&["-r", empty.path().to_str().unwrap()]);
         let bytes = std::fs::read(empty.path().join("etc/ld.so.cache")).unwrap();
         assert_eq!(
             LdCache::default().to_bytes_with_generator(&generator_of(&bytes)),
@@ -2143,14 +2110,14 @@ mod writer_tests {
         let ours = updated_cache(Some(&image), &libs, native_arch()).unwrap();
 
         // What a full `ldconfig -r` of the tree writes: the same list in the same order.
-        ldconfig(&["-r", rs, "-C", "/etc/full.cache"]);
+        run_ldconfig(&["-r", rs, "-C", "/etc/full.cache"]);
         let full = std::fs::read(r.join("etc/full.cache")).unwrap();
         assert_eq!(listing_of(&ours), listing(&r.join("etc/full.cache")));
         // The hook's old command (`-X`, the library dir on the command line) differs in one
         // way only: it scans that dir first, so the image's own libfoo.so.2 there now beats
         // the one in /usr/local/lib that the image's ld.so.conf puts first. The merge keeps
         // the image's choice.
-        ldconfig(&["-r", rs, "-X", "-C", "/etc/hook.cache", ma]);
+        run_ldconfig(&["-r", rs, "-X", "-C", "/etc/hook.cache", ma]);
         let hook = listing(&r.join("etc/hook.cache"));
         assert_ne!(listing_of(&ours), hook);
         assert_eq!(promote_dir(&listing_of(&ours), ma), hook);
@@ -2173,7 +2140,7 @@ mod writer_tests {
         // The image has its own libcuda.so.1 (a CUDA forward-compat copy, say) in an
         // ld.so.conf dir that comes first.
         assert!(so(r, "/usr/local/lib/libcuda.so.1", "libcuda.so.1", &[]));
-        ldconfig(&["-r", r.to_str().unwrap()]);
+        run_ldconfig(&["-r", r.to_str().unwrap()]);
         let image = std::fs::read(r.join("etc/ld.so.cache")).unwrap();
         let ma = "/usr/lib/x86_64-linux-gnu";
         let libs = vec![inject(r, ma, "libcuda.so.550.54.15", "libcuda.so.1")];
@@ -2186,7 +2153,7 @@ mod writer_tests {
         assert_eq!(cuda, [format!("{ma}/libcuda.so.1")]);
         // The hook's ldconfig lists both, the injected dir first: ld.so takes the first, so
         // lookups agree, and every other line is the same.
-        ldconfig(&["-r", r.to_str().unwrap(), "-X", "-C", "/etc/hook.cache", ma]);
+        run_ldconfig(&["-r", r.to_str().unwrap(), "-X", "-C", "/etc/hook.cache", ma]);
         let hook = listing(&r.join("etc/hook.cache"));
         let shadowed: Vec<&String> = hook
             .iter()
@@ -2219,7 +2186,7 @@ mod writer_tests {
             inject(r, dir, "libnvidia-ml.so.550.54.15", "libnvidia-ml.so.1"),
         ];
         std::fs::create_dir_all(r.join("etc")).unwrap();
-        ldconfig(&[
+        run_ldconfig(&[
             "-r",
             r.to_str().unwrap(),
             "-X",
@@ -2254,7 +2221,7 @@ mod writer_tests {
         let help = String::from_utf8_lossy(&help.stdout);
         let written = |format: &str| {
             let name = format!("/etc/{format}.cache");
-            ldconfig(&["-c", format, "-r", rs, "-C", &name]);
+            run_ldconfig(&["-c", format, "-r", rs, "-C", &name]);
             std::fs::read(r.join(name.trim_start_matches('/'))).unwrap()
         };
         if help.contains("compat") {
@@ -2276,7 +2243,7 @@ mod writer_tests {
         }
         // Without glibc-hwcaps entries, the new part of a compat file has everything.
         std::fs::remove_dir_all(r.join("usr/lib/x86_64-linux-gnu/glibc-hwcaps")).unwrap();
-        ldconfig(&["-r", rs]);
+        run_ldconfig(&["-r", rs]);
         let new = std::fs::read(r.join("etc/ld.so.cache")).unwrap();
         let from_new = updated_cache(Some(&new), &libs, native_arch()).unwrap();
         if help.contains("compat") {
