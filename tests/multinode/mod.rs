@@ -564,45 +564,16 @@ impl MultiCluster {
             files.push(format!("slurmd-{}.log", n.name()));
             files.push(format!("slurmd-{}.out", n.name()));
         }
-        let mut s = String::new();
-        for f in files {
-            let text = std::fs::read_to_string(self.root.join("log").join(&f)).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            let start = lines.len().saturating_sub(25);
-            s.push_str(&format!("--- {f} (tail)\n{}\n", lines[start..].join("\n")));
-        }
-        s
+        slurm::tail_logs(&self.root.join("log"), files)
     }
 
     fn stop(&mut self) {
         if self.daemons.iter().any(|d| d.name == "slurmctld") {
-            let _ = self.cmd("scancel", &["--user=root"]);
-            self.wait_idle(Duration::from_secs(10));
+            self.cancel_all_jobs();
         }
-        let runc_root = self.root.join("runc");
-        let ids = run(
-            Command::new("runc")
-                .arg("--root")
-                .arg(&runc_root)
-                .args(["list", "-q"]),
-            Duration::from_secs(10),
-        );
-        for id in ids.stdout.lines().filter(|l| !l.is_empty()) {
-            let _ = run(
-                Command::new("runc")
-                    .arg("--root")
-                    .arg(&runc_root)
-                    .args(["delete", "--force", id]),
-                Duration::from_secs(10),
-            );
-        }
+        slurm::delete_runc_containers(|| Command::new("runc"), &self.root.join("runc"));
         while let Some(mut d) = self.daemons.pop() {
-            let pid = d.child.id() as libc::pid_t;
-            // SAFETY: kill(2) on the PID of a child we spawned and have not reaped.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-            if slurm::wait_bounded_term(&mut d.child, Duration::from_secs(10)).is_none() {
-                eprintln!("harness: {} (pid {pid}) ignored SIGTERM; killed", d.name);
-            }
+            slurm::stop_child(&d.name, &mut d.child);
         }
         for pid in slurm::stepds_in(&self.root) {
             // SAFETY: kill(2) on a slurmstepd whose cwd is inside our temp dir.

@@ -757,54 +757,27 @@ impl Cluster {
     }
 
     fn logs_tail(&self) -> String {
-        let mut s = String::new();
-        for f in [
-            "slurmctld.log",
-            "slurmd.log",
-            "slurmctld.out",
-            "slurmd.out",
-            "munged.out",
-        ] {
-            let text = std::fs::read_to_string(self.root.join("log").join(f)).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            let start = lines.len().saturating_sub(25);
-            s.push_str(&format!("--- {f} (tail)\n{}\n", lines[start..].join("\n")));
-        }
-        s
+        tail_logs(
+            &self.root.join("log"),
+            [
+                "slurmctld.log",
+                "slurmd.log",
+                "slurmctld.out",
+                "slurmd.out",
+                "munged.out",
+            ],
+        )
     }
 
     fn stop(&mut self) {
         // Jobs first, so slurmd can clean its steps up; bounded.
         if self.daemons.iter().any(|d| d.name == "slurmctld") {
-            let _ = self.cmd("scancel", &["--user=root"]);
-            self.wait_idle(Duration::from_secs(10));
+            self.cancel_all_jobs();
         }
-        // Leftover containers in our runc root.
-        let runc_root = self.root.join("runc");
-        let ids = run(
-            self.program("runc", &self.root)
-                .arg("--root")
-                .arg(&runc_root)
-                .args(["list", "-q"]),
-            Duration::from_secs(10),
-        );
-        for id in ids.stdout.lines().filter(|l| !l.is_empty()) {
-            let _ = run(
-                self.program("runc", &self.root)
-                    .arg("--root")
-                    .arg(&runc_root)
-                    .args(["delete", "--force", id]),
-                Duration::from_secs(10),
-            );
-        }
-        // Daemons in reverse start order, by PID: SIGTERM, then SIGKILL after 10 s.
+        delete_runc_containers(|| self.program("runc", &self.root), &self.root.join("runc"));
+        // Daemons in reverse start order, by PID.
         while let Some(mut d) = self.daemons.pop() {
-            let pid = d.child.id() as libc::pid_t;
-            // SAFETY: kill(2) on the PID of a child we spawned and have not reaped.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-            if wait_bounded_term(&mut d.child, Duration::from_secs(10)).is_none() {
-                eprintln!("harness: {} (pid {pid}) ignored SIGTERM; killed", d.name);
-            }
+            stop_child(d.name, &mut d.child);
         }
         // slurmstepd processes of our slurmd (they run in our spool dir).
         for pid in stepds_in(&self.root) {
@@ -1007,6 +980,47 @@ pub fn slurm_list(s: &str) -> Vec<usize> {
         .collect()
 }
 
+/// The last 25 lines of each log file in `dir`, for failure messages.
+pub fn tail_logs<S: AsRef<str>>(dir: &Path, files: impl IntoIterator<Item = S>) -> String {
+    let mut s = String::new();
+    for f in files {
+        let f = f.as_ref();
+        let text = std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let start = lines.len().saturating_sub(25);
+        s.push_str(&format!("--- {f} (tail)\n{}\n", lines[start..].join("\n")));
+    }
+    s
+}
+
+/// Deletes every container left in the runc root `root`; `runc` makes the runc command (the
+/// host's, or one that runs inside a test root).
+pub fn delete_runc_containers(runc: impl Fn() -> Command, root: &Path) {
+    let ids = run(
+        runc().arg("--root").arg(root).args(["list", "-q"]),
+        Duration::from_secs(10),
+    );
+    for id in ids.stdout.lines().filter(|l| !l.is_empty()) {
+        let _ = run(
+            runc()
+                .arg("--root")
+                .arg(root)
+                .args(["delete", "--force", id]),
+            Duration::from_secs(10),
+        );
+    }
+}
+
+/// Stops a daemon we spawned, by PID: SIGTERM, then SIGKILL after 10 s.
+pub fn stop_child(name: &str, child: &mut Child) {
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: kill(2) on the PID of a child we spawned and have not reaped.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    if wait_bounded_term(child, Duration::from_secs(10)).is_none() {
+        eprintln!("harness: {name} (pid {pid}) ignored SIGTERM; killed");
+    }
+}
+
 /// What every test cluster offers its tests: Slurm's client commands with the cluster's
 /// environment. Implementors say how to run a client and where job files go; the rest is here
 /// once.
@@ -1015,6 +1029,12 @@ pub trait Client {
     fn command(&self, program: &str) -> Command;
     /// A scratch directory for job scripts and their output.
     fn work_dir(&self) -> PathBuf;
+
+    /// Cancels every job and waits (bounded) for the queue to drain.
+    fn cancel_all_jobs(&self) {
+        let _ = self.cmd("scancel", &["--user=root"]);
+        self.wait_idle(Duration::from_secs(10));
+    }
 
     fn cmd(&self, program: &str, args: &[&str]) -> Out {
         run(self.command(program).args(args), Duration::from_secs(60))
