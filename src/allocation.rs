@@ -1,35 +1,48 @@
-//! Which GPUs a container may have. The SPANK plugin records each step's allocation as root in
-//! a root-only state directory; the hook finds the container's step from the process tree
-//! (root-owned `slurmstepd` ancestors), never from the container's environment, which the
-//! user controls. Reading takes the proc root and state dir as parameters.
+//! Which GPUs a container may have, from what Slurm itself vouches for. The SPANK plugin
+//! records, as root, each job's GPUs on the node (job prolog, from the prolog's
+//! `SLURM_JOB_GPUS`), each step's and each task's, in a root-only state directory. The hook
+//! identifies a container's job, step and task from its cgroup membership, which a user's
+//! process cannot leave (setsid, double forks, daemons and ssh all stay in, or are put into,
+//! the job's cgroups), and only where Slurm keeps no cgroup for jobs from the container's
+//! root-owned `slurmstepd` ancestor. Never from the container's environment. Every lookup
+//! takes the proc root and the state dir as parameters.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::request::PhysicalId;
 
-/// What the plugin writes for a step (`<state-dir>/<job>.<step>.json`) or a task
-/// (`<job>.<step>.task<T>.json`).
+/// The step name of a job-level record (written by the job prolog, not by a step).
+pub const JOB_RECORD: &str = "job";
+
+/// What the plugin writes: for the job on this node (`<job>.job.json`), for a step
+/// (`<job>.<step>.json`) or for a task (`<job>.<step>.task<T>.json`, T the node-local task id,
+/// as in Slurm's `task_T` cgroup).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Record {
     pub job: u32,
-    /// `0`, `1`, … or `batch`, `extern`, `interactive`, as slurmstepd names it.
+    /// `0`, `1`, … or `batch`, `extern`, `interactive`, as slurmstepd names it; `job` for the
+    /// job record.
     pub step: String,
-    /// The slurmstepd that owns the step; a record whose stepd is gone is stale.
+    /// The slurmstepd that owns the step; a record whose stepd is gone is stale. 0 for the job
+    /// record, which the job epilog removes.
     pub stepd_pid: i32,
     /// For a task record, the task's pid (the direct child of slurmstepd).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_pid: Option<i32>,
+    /// For a task record, the node-local task id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<u32>,
     /// The GPUs, as `PhysicalId` strings (`GPU-…`, PCI bus id, `minor:N`).
     pub gpus: Vec<String>,
 }
 
 impl Record {
-    /// The file name for this record: per step, or per task keyed by the task's pid.
+    /// The file name for this record: per job, per step, or per task keyed by its local id.
     pub fn file_name(&self) -> String {
-        match self.task_pid {
+        match self.task_id {
             None => format!("{}.{}.json", self.job, self.step),
-            Some(p) => format!("{}.{}.task{p}.json", self.job, self.step),
+            Some(t) => format!("{}.{}.task{t}.json", self.job, self.step),
         }
     }
 
@@ -40,14 +53,21 @@ impl Record {
     }
 }
 
-/// The Slurm step a process runs in, as its root-owned ancestors show it.
+/// The Slurm step a container runs in, and how it was found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepRef {
     pub job: u32,
     pub step: String,
-    pub stepd_pid: i32,
-    /// The ancestor just below slurmstepd: the task process.
+    /// The slurmstepd found above the container in the process tree, when it was.
+    pub stepd_pid: Option<i32>,
+    /// The ancestor just below slurmstepd: the task process (process-tree identity).
     pub task_pid: Option<i32>,
+    /// The node-local task id from the `task_T` cgroup (cgroup identity).
+    pub task_id: Option<u32>,
+    /// The v1 `devices` cgroup of the task (or step) as Slurm made it, relative to the
+    /// hierarchy's root, when the container's cgroups show one: Slurm's own answer to which
+    /// devices the task may open (ConstrainDevices).
+    pub devices_cgroup: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,23 +78,37 @@ pub enum AllocationError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{path}: cannot write allocation record")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{path}: malformed allocation record: {message}")]
     Format { path: PathBuf, message: String },
-    #[error("container is in Slurm job {job} step {step}, but no gres-oci allocation is recorded for it in {dir} (is the SPANK plugin loaded on this node?)")]
+    #[error("container is in Slurm job {job} step {step}, but no live gres-oci record vouches for it in {dir} (is the SPANK plugin loaded on this node, and the step not opted out?)")]
     NoRecord {
+        job: u32,
+        step: String,
+        dir: PathBuf,
+    },
+    #[error("container is in Slurm job {job} step {step}, but {dir} does not exist: the gres-oci SPANK plugin is not loaded on this node, so nothing vouches for the job's GPUs")]
+    NoStateDir {
         job: u32,
         step: String,
         dir: PathBuf,
     },
     #[error("{dir}: the state directory must be a directory owned by root and closed to others")]
     UnsafeDir { dir: PathBuf },
+    #[error("the container's cgroups name two Slurm steps ({first} and {second})")]
+    Conflict { first: String, second: String },
 }
 
 /// The fields of `/proc/<pid>/stat` after the command name: the name may contain spaces and
 /// parentheses, so parse from the last `)`.
 fn ppid(proc_root: &Path, pid: i32) -> Option<i32> {
     let stat = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
+    let (_, rest) = stat.rsplit_once(')')?;
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
@@ -95,13 +129,33 @@ pub fn parse_stepd_title(cmdline: &[u8]) -> Option<(u32, String)> {
     let title = text.split('\0').next()?;
     let inner = title.strip_prefix("slurmstepd: [")?.strip_suffix(']')?;
     let (job, step) = inner.split_once('.')?;
-    let step_ok = !step.is_empty() && step.bytes().all(|b| b.is_ascii_alphanumeric());
-    step_ok.then_some(())?;
+    valid_step_name(step).then_some(())?;
     Some((job.parse().ok()?, step.to_owned()))
 }
 
+fn valid_step_name(step: &str) -> bool {
+    !step.is_empty() && step.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// Whether `pid` is a live, root-owned slurmstepd of `job`.`step`.
+pub fn stepd_is_live(proc_root: &Path, pid: i32, job: u32, step: &str) -> bool {
+    if pid <= 1 {
+        return false;
+    }
+    let dir = proc_root.join(pid.to_string());
+    let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+    if comm.trim_end() != "slurmstepd" || real_uid(proc_root, pid) != Some(0) {
+        return false;
+    }
+    std::fs::read(dir.join("cmdline"))
+        .ok()
+        .and_then(|c| parse_stepd_title(&c))
+        .is_some_and(|(j, s)| j == job && s == step)
+}
+
 /// Walks up from `pid` to the nearest ancestor that is a root-owned `slurmstepd`. `None` when
-/// the process is not in a Slurm step (or its chain cannot be read).
+/// no such ancestor exists (or the chain cannot be read): that alone does not mean the
+/// process is in no job, since a user's process can leave the tree (setsid, double fork).
 pub fn find_step(proc_root: &Path, pid: i32) -> Option<StepRef> {
     let mut below: Option<i32> = None;
     let mut cur = pid;
@@ -115,8 +169,10 @@ pub fn find_step(proc_root: &Path, pid: i32) -> Option<StepRef> {
             return Some(StepRef {
                 job,
                 step,
-                stepd_pid: cur,
+                stepd_pid: Some(cur),
                 task_pid: below,
+                task_id: None,
+                devices_cgroup: None,
             });
         }
         let parent = ppid(proc_root, cur)?;
@@ -127,6 +183,186 @@ pub fn find_step(proc_root: &Path, pid: i32) -> Option<StepRef> {
         cur = parent;
     }
     None
+}
+
+/// Where one `/proc/<pid>/cgroup` path sits in Slurm's tree: (job, step, task, the path up to
+/// and including the task or step component). Anchored at the top of Slurm's tree, so a
+/// cgroup a user makes below their own task (`…/task_0/job_9/step_0`) names nothing new:
+/// - v1: `/slurm[_<node>]/uid_U/job_J/step_S[/task_T]/…`
+/// - v2: `…/[<node>_]slurmstepd.scope/job_J/step_S[/user/task_T]/…`
+fn slurm_path(path: &str) -> Option<(u32, String, Option<u32>, String)> {
+    let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+    let (job_at, v2) = if comps
+        .first()
+        .is_some_and(|c| *c == "slurm" || c.starts_with("slurm_"))
+    {
+        comps.get(1)?.strip_prefix("uid_")?.parse::<u32>().ok()?;
+        (2, false)
+    } else {
+        let i = comps
+            .iter()
+            .position(|c| *c == "slurmstepd.scope" || c.ends_with("_slurmstepd.scope"))?;
+        (i + 1, true)
+    };
+    let job: u32 = comps.get(job_at)?.strip_prefix("job_")?.parse().ok()?;
+    let step = comps.get(job_at + 1)?.strip_prefix("step_")?;
+    if !valid_step_name(step) {
+        return None;
+    }
+    let task_at = if v2 {
+        (comps.get(job_at + 2) == Some(&"user")).then_some(job_at + 3)
+    } else {
+        Some(job_at + 2)
+    };
+    let task = task_at
+        .and_then(|i| comps.get(i))
+        .and_then(|c| c.strip_prefix("task_"))
+        .and_then(|t| t.parse::<u32>().ok());
+    let end = match task {
+        Some(_) => task_at.unwrap_or(job_at + 2) + 1,
+        None => job_at + 2,
+    };
+    let prefix = format!("/{}", comps[..end].join("/"));
+    Some((job, step.to_owned(), task, prefix))
+}
+
+/// The Slurm step a process's cgroups place it in, from the text of `/proc/<pid>/cgroup`.
+/// `Ok(None)` when no line is in Slurm's tree.
+///
+/// # Errors
+/// Two lines that name different steps or tasks.
+pub fn step_from_cgroups(proc_pid_cgroup: &str) -> Result<Option<StepRef>, AllocationError> {
+    let mut found: Option<StepRef> = None;
+    for line in proc_pid_cgroup.lines() {
+        let mut f = line.splitn(3, ':');
+        let (Some(_), Some(ctrls), Some(path)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        let Some((job, step, task, prefix)) = slurm_path(path) else {
+            continue;
+        };
+        let devices = ctrls.split(',').any(|c| c == "devices").then_some(prefix);
+        let here = StepRef {
+            job,
+            step,
+            stepd_pid: None,
+            task_pid: None,
+            task_id: task,
+            devices_cgroup: devices,
+        };
+        match &mut found {
+            None => found = Some(here),
+            Some(f) => {
+                let same_step = f.job == here.job && f.step == here.step;
+                let tasks_agree =
+                    f.task_id.is_none() || here.task_id.is_none() || f.task_id == here.task_id;
+                if !same_step || !tasks_agree {
+                    return Err(AllocationError::Conflict {
+                        first: describe(f),
+                        second: describe(&here),
+                    });
+                }
+                f.task_id = f.task_id.or(here.task_id);
+                if f.devices_cgroup.is_none() {
+                    f.devices_cgroup = here.devices_cgroup;
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+fn describe(s: &StepRef) -> String {
+    match s.task_id {
+        Some(t) => format!("job {} step {} task {t}", s.job, s.step),
+        None => format!("job {} step {}", s.job, s.step),
+    }
+}
+
+/// The container's Slurm step: from its cgroups when Slurm keeps them, else from its
+/// root-owned `slurmstepd` ancestor. When both answer they must agree; the process tree then
+/// adds the stepd and task pids.
+///
+/// # Errors
+/// Contradicting cgroups.
+pub fn identify(proc_root: &Path, pid: i32) -> Result<Option<StepRef>, AllocationError> {
+    let text = std::fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup"))
+        .unwrap_or_default();
+    let tree = find_step(proc_root, pid);
+    match (step_from_cgroups(&text)?, tree) {
+        (Some(mut cg), Some(t)) if t.job == cg.job && t.step == cg.step => {
+            cg.stepd_pid = t.stepd_pid;
+            cg.task_pid = t.task_pid;
+            Ok(Some(cg))
+        }
+        // A root engine may have put the container in cgroups of its own under the step
+        // (kept) or elsewhere; the cgroup is what the kernel vouches for.
+        (Some(cg), _) => Ok(Some(cg)),
+        (None, tree) => Ok(tree),
+    }
+}
+
+/// Whether a v1 `devices.list` (Slurm's task cgroup under ConstrainDevices) lets the cgroup
+/// read and write character device `major`:`minor`.
+pub fn devices_list_allows(text: &str, major: u32, minor: u32) -> bool {
+    let fits = |field: &str, n: u32| field == "*" || field.parse::<u32>().ok() == Some(n);
+    text.lines().any(|line| {
+        let mut f = line.split_whitespace();
+        let (Some(kind), Some(num), Some(access)) = (f.next(), f.next(), f.next()) else {
+            return false;
+        };
+        let Some((maj, min)) = num.split_once(':') else {
+            return false;
+        };
+        (kind == "a" || kind == "c")
+            && access.contains('r')
+            && access.contains('w')
+            && fits(maj, major)
+            && fits(min, minor)
+    })
+}
+
+/// The GPUs a container in a Slurm step may have: those of `inventory` the records grant,
+/// narrowed to its task's own when the task's environment names them (`task`, the plugin's
+/// per-task `GRES_OCI_GPUS`, which only ever narrows within the grant), and to those the task's
+/// device cgroup lets it open (`devices_list`, Slurm's own answer under ConstrainDevices).
+/// Each GPU is named by UUID when known, else by minor.
+pub fn narrow(
+    granted: &[PhysicalId],
+    task: Option<&[PhysicalId]>,
+    devices_list: Option<&str>,
+    inventory: &crate::inventory::Inventory,
+    devices: &crate::plan::HostDevices,
+) -> Vec<PhysicalId> {
+    let in_grant: Vec<&crate::inventory::Gpu> = inventory
+        .gpus
+        .iter()
+        .filter(|g| granted.iter().any(|id| id.matches(g)))
+        .collect();
+    let in_task: Vec<&crate::inventory::Gpu> = match task {
+        Some(t) => in_grant
+            .iter()
+            .copied()
+            .filter(|g| t.iter().any(|id| id.matches(g)))
+            .collect(),
+        None => Vec::new(),
+    };
+    // A task list that names none of the step's GPUs is not the plugin's: ignore it.
+    let chosen = if in_task.is_empty() { in_grant } else { in_task };
+    chosen
+        .into_iter()
+        .filter(|g| {
+            devices_list.is_none_or(|list| {
+                devices
+                    .get(&format!("nvidia{}", g.minor))
+                    .is_some_and(|d| devices_list_allows(list, d.major, d.minor))
+            })
+        })
+        .map(|g| match &g.uuid {
+            Some(u) => PhysicalId::Uuid(u.clone()),
+            None => PhysicalId::Minor(g.minor),
+        })
+        .collect()
 }
 
 fn read_record(path: &Path) -> Result<Option<Record>, AllocationError> {
@@ -163,31 +399,105 @@ fn check_dir(dir: &Path) -> Result<(), AllocationError> {
     }
 }
 
-/// The GPUs the step (or, when recorded, the task) of `step` may use. Records whose
-/// slurmstepd pid differs from the live one are stale and ignored.
+/// What the records grant a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The step's (or the job's, for the extern step) GPUs, bounded by the job record.
+    pub ids: Vec<PhysicalId>,
+    /// The task's pid, when a task record matched (its environment names the task's GPUs).
+    pub task_pid: Option<i32>,
+}
+
+/// The GPUs the records vouch for, for a container in `step`. Records whose slurmstepd is not
+/// the live one are stale and ignored. The extern step (pam_slurm_adopt's ssh sessions) gets
+/// the job's GPUs on the node; every other step gets its own, bounded by the job's when the
+/// job record exists.
 ///
 /// # Errors
-/// An unsafe state dir, an unreadable or malformed record, or no record for a live step.
-pub fn allowed_gpus(state_dir: &Path, step: &StepRef) -> Result<Vec<PhysicalId>, AllocationError> {
-    check_dir(state_dir)?;
-    let fresh =
-        |r: &Record| r.job == step.job && r.step == step.step && r.stepd_pid == step.stepd_pid;
-    if let Some(task) = step.task_pid {
-        let path = state_dir.join(format!("{}.{}.task{task}.json", step.job, step.step));
-        // Written by the plugin in task_init_privileged, in the task process itself.
-        if let Some(r) = read_record(&path)?.filter(|r| fresh(r) && r.task_pid == Some(task)) {
-            return to_ids(&path, &r);
-        }
-    }
-    let path = state_dir.join(format!("{}.{}.json", step.job, step.step));
-    match read_record(&path)?.filter(fresh) {
-        Some(r) => to_ids(&path, &r),
-        None => Err(AllocationError::NoRecord {
+/// A missing or unsafe state dir, an unreadable or malformed record, or no live record.
+pub fn allowed_gpus(
+    state_dir: &Path,
+    proc_root: &Path,
+    step: &StepRef,
+) -> Result<Grant, AllocationError> {
+    if !state_dir.exists() {
+        return Err(AllocationError::NoStateDir {
             job: step.job,
             step: step.step.clone(),
             dir: state_dir.to_owned(),
-        }),
+        });
     }
+    check_dir(state_dir)?;
+    let no_record = || AllocationError::NoRecord {
+        job: step.job,
+        step: step.step.clone(),
+        dir: state_dir.to_owned(),
+    };
+    let job_path = state_dir.join(format!("{}.{JOB_RECORD}.json", step.job));
+    let job_record = read_record(&job_path)?.filter(|r| r.job == step.job);
+    let job_ids = job_record
+        .as_ref()
+        .map(|r| to_ids(&job_path, r))
+        .transpose()?;
+    if step.step == "extern" {
+        return job_ids
+            .map(|ids| Grant { ids, task_pid: None })
+            .ok_or_else(no_record);
+    }
+    let fresh = |r: &Record| {
+        r.job == step.job
+            && r.step == step.step
+            && step.stepd_pid.is_none_or(|p| p == r.stepd_pid)
+            && stepd_is_live(proc_root, r.stepd_pid, r.job, &r.step)
+    };
+    let (path, record) = match task_record(state_dir, step, &fresh)? {
+        Some(found) => found,
+        None => {
+            let path = state_dir.join(format!("{}.{}.json", step.job, step.step));
+            let r = read_record(&path)?.filter(|r| fresh(r)).ok_or_else(no_record)?;
+            (path, r)
+        }
+    };
+    let mut ids = to_ids(&path, &record)?;
+    if let Some(job) = &job_ids {
+        ids.retain(|id| job.contains(id));
+    }
+    Ok(Grant {
+        ids,
+        task_pid: record.task_pid,
+    })
+}
+
+/// The task's own record: by the task id of its cgroup, else by the task pid the process tree
+/// found.
+fn task_record(
+    state_dir: &Path,
+    step: &StepRef,
+    fresh: &dyn Fn(&Record) -> bool,
+) -> Result<Option<(PathBuf, Record)>, AllocationError> {
+    if let Some(t) = step.task_id {
+        let path = state_dir.join(format!("{}.{}.task{t}.json", step.job, step.step));
+        return Ok(read_record(&path)?
+            .filter(|r| fresh(r) && r.task_id == Some(t))
+            .map(|r| (path, r)));
+    }
+    let Some(pid) = step.task_pid else {
+        return Ok(None);
+    };
+    let prefix = format!("{}.{}.task", step.job, step.step);
+    let Ok(entries) = std::fs::read_dir(state_dir) else {
+        return Ok(None);
+    };
+    for e in entries.flatten() {
+        if !e.file_name().to_string_lossy().starts_with(&prefix) {
+            continue;
+        }
+        let path = e.path();
+        if let Some(r) = read_record(&path)?.filter(|r| fresh(r) && r.task_pid == Some(pid)) {
+            return Ok(Some((path, r)));
+        }
+    }
+    Ok(None)
 }
 
 fn to_ids(path: &Path, r: &Record) -> Result<Vec<PhysicalId>, AllocationError> {
@@ -197,25 +507,34 @@ fn to_ids(path: &Path, r: &Record) -> Result<Vec<PhysicalId>, AllocationError> {
     })
 }
 
+/// Creates the state directory root-only if it is missing, and checks it. The plugin does this
+/// when slurmd loads it, so that the directory's presence says the plugin is deployed.
+///
+/// # Errors
+/// It cannot be made, or it is unsafe.
+pub fn ensure_state_dir(state_dir: &Path) -> Result<(), AllocationError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !state_dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(state_dir)
+            .map_err(|source| AllocationError::Write {
+                path: state_dir.to_owned(),
+                source,
+            })?;
+    }
+    check_dir(state_dir)
+}
+
 /// Writes `record` into `state_dir` atomically (temp file + rename, so the hook never reads
 /// half a record), creating the directory root-only if needed.
 ///
 /// # Errors
 /// The directory cannot be made or is unsafe, or the write fails.
 pub fn write_record(state_dir: &Path, record: &Record) -> Result<(), AllocationError> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let io = |source| AllocationError::Read {
-        path: state_dir.to_owned(),
-        source,
-    };
-    if !state_dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(state_dir)
-            .map_err(io)?;
-    }
-    check_dir(state_dir)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    ensure_state_dir(state_dir)?;
     let path = state_dir.join(record.file_name());
     let tmp = state_dir.join(format!(".{}.{}", record.file_name(), std::process::id()));
     let bytes = serde_json::to_vec(record).map_err(|e| AllocationError::Format {
@@ -223,6 +542,7 @@ pub fn write_record(state_dir: &Path, record: &Record) -> Result<(), AllocationE
         message: e.to_string(),
     })?;
     let write = || -> std::io::Result<()> {
+        let _ = std::fs::remove_file(&tmp);
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -233,7 +553,7 @@ pub fn write_record(state_dir: &Path, record: &Record) -> Result<(), AllocationE
     };
     write().map_err(|source| {
         let _ = std::fs::remove_file(&tmp);
-        AllocationError::Read { path, source }
+        AllocationError::Write { path, source }
     })
 }
 
@@ -256,8 +576,14 @@ pub fn remove_step(state_dir: &Path, job: u32, step: &str, stepd_pid: i32) {
     }
 }
 
+/// Removes the job record of `job` (the job's epilog).
+pub fn remove_job(state_dir: &Path, job: u32) {
+    let _ = std::fs::remove_file(state_dir.join(format!("{job}.{JOB_RECORD}.json")));
+}
+
 /// Removes the records of finished steps: those whose slurmstepd is gone or is another
-/// process now. Errors are ignored; a leftover never grants anything anyway.
+/// process now. Job records are left to the epilog. Errors are ignored; a leftover never
+/// grants anything anyway.
 pub fn sweep_stale(state_dir: &Path, proc_root: &Path) {
     let Ok(entries) = std::fs::read_dir(state_dir) else {
         return;
@@ -268,6 +594,9 @@ pub fn sweep_stale(state_dir: &Path, proc_root: &Path) {
         let Ok(Some(r)) = read_record(&path) else {
             continue;
         };
+        if r.step == JOB_RECORD {
+            continue;
+        }
         let owner = live.entry(r.stepd_pid).or_insert_with(|| {
             std::fs::read(proc_root.join(r.stepd_pid.to_string()).join("cmdline"))
                 .ok()
@@ -311,18 +640,21 @@ mod tests {
         t
     }
 
+    fn by_tree(job: u32, step: &str, stepd: i32, task: i32) -> StepRef {
+        StepRef {
+            job,
+            step: step.into(),
+            stepd_pid: Some(stepd),
+            task_pid: Some(task),
+            task_id: None,
+            devices_cgroup: None,
+        }
+    }
+
     #[test]
     fn step_from_the_process_tree() {
         let t = tree();
-        assert_eq!(
-            find_step(t.path(), 50),
-            Some(StepRef {
-                job: 7,
-                step: "0".into(),
-                stepd_pid: 20,
-                task_pid: Some(30)
-            })
-        );
+        assert_eq!(find_step(t.path(), 50), Some(by_tree(7, "0", 20, 30)));
         // A user process named slurmstepd (uid 1000) is not trusted.
         proc_entry(t.path(), 60, 50, "slurmstepd", 1000, "slurmstepd: [8.0]");
         proc_entry(t.path(), 70, 60, "ctr", 1000, "ctr");
@@ -349,10 +681,170 @@ mod tests {
             b"slurmstepd: [x.0]",
             b"slurmd",
             b"slurmstepd: [1./0]",
+            b"slurmstepd: [1.\xe2\x82\xac]",
             b"",
         ] {
             assert_eq!(parse_stepd_title(bad), None, "{bad:?}");
         }
+    }
+
+    fn cg(text: &str) -> Option<(u32, String, Option<u32>, Option<String>)> {
+        step_from_cgroups(text)
+            .unwrap()
+            .map(|s| (s.job, s.step, s.task_id, s.devices_cgroup))
+    }
+
+    #[test]
+    fn step_from_slurm_cgroup_layouts() {
+        // cgroup v1 (hybrid), with runc's own cgroup nested under the task.
+        let v1 = "12:devices:/slurm_n1/uid_0/job_7/step_0/task_1/ctr\n\
+                  5:freezer:/slurm_n1/uid_0/job_7/step_0\n\
+                  4:memory:/slurm_n1/uid_0/job_7/step_0/task_1/ctr\n\
+                  0::/\n";
+        assert_eq!(
+            cg(v1),
+            Some((
+                7,
+                "0".into(),
+                Some(1),
+                Some("/slurm_n1/uid_0/job_7/step_0/task_1".into())
+            ))
+        );
+        // Batch and extern steps, plain `slurm`, no task level.
+        assert_eq!(
+            cg("9:freezer:/slurm/uid_1000/job_12/step_extern\n"),
+            Some((12, "extern".into(), None, None))
+        );
+        assert_eq!(
+            cg("3:devices:/slurm/uid_1000/job_12/step_batch/task_0\n"),
+            Some((
+                12,
+                "batch".into(),
+                Some(0),
+                Some("/slurm/uid_1000/job_12/step_batch/task_0".into())
+            ))
+        );
+        // cgroup v2, one or several slurmd on the host.
+        assert_eq!(
+            cg("0::/system.slice/slurmstepd.scope/job_5/step_2/user/task_3\n"),
+            Some((5, "2".into(), Some(3), None))
+        );
+        assert_eq!(
+            cg("0::/system.slice/n2_slurmstepd.scope/job_5/step_interactive/user/task_0/x\n"),
+            Some((5, "interactive".into(), Some(0), None))
+        );
+        assert_eq!(
+            cg("0::/system.slice/slurmstepd.scope/job_5/step_0/slurm\n"),
+            Some((5, "0".into(), None, None))
+        );
+        // Not Slurm's: a container engine's cgroup, the host's, and look-alikes a user could
+        // make below their own cgroup or name freely.
+        for text in [
+            "12:devices:/libpod_parent/libpod-abc\n0::/\n",
+            "0::/user.slice/user-1000.slice/session-3.scope\n",
+            "4:devices:/ctr/slurm/uid_0/job_9/step_0\n",
+            "4:devices:/slurm/job_9/step_0\n",
+            "4:devices:/slurm/uid_x/job_9/step_0\n",
+            "4:devices:/slurm/uid_0/job_9x/step_0\n",
+            "4:devices:/slurm/uid_0/job_9/step_0€\n",
+            "garbage\n\n:::\n",
+            "",
+        ] {
+            assert_eq!(cg(text), None, "{text:?}");
+        }
+        // A user's nested look-alike below their task names their own job, not job 9.
+        assert_eq!(
+            cg("4:devices:/slurm/uid_5/job_3/step_0/task_0/job_9/step_0/task_1\n").map(|c| c.0),
+            Some(3)
+        );
+        // Controllers that disagree are refused.
+        let e = step_from_cgroups(
+            "4:devices:/slurm/uid_0/job_3/step_0/task_0\n5:freezer:/slurm/uid_0/job_4/step_0\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("job 3 step 0") && e.contains("job 4 step 0"), "{e}");
+    }
+
+    #[test]
+    fn identity_prefers_cgroups_and_keeps_the_tree_pids() {
+        let t = tree();
+        // Same step in both: cgroups give the task id, the tree the pids.
+        std::fs::write(
+            t.path().join("50/cgroup"),
+            "4:devices:/slurm/uid_0/job_7/step_0/task_1/ctr\n",
+        )
+        .unwrap();
+        let s = identify(t.path(), 50).unwrap().unwrap();
+        assert_eq!(
+            (s.job, s.step.as_str(), s.task_id, s.stepd_pid, s.task_pid),
+            (7, "0", Some(1), Some(20), Some(30))
+        );
+        // Escaped the tree (setsid, a daemon): the cgroup still names the step.
+        proc_entry(t.path(), 95, 1, "runc:[2:INIT]", 1000, "runc init");
+        std::fs::write(
+            t.path().join("95/cgroup"),
+            "5:freezer:/slurm/uid_0/job_7/step_0\n",
+        )
+        .unwrap();
+        let s = identify(t.path(), 95).unwrap().unwrap();
+        assert_eq!((s.job, s.stepd_pid, s.task_id), (7, None, None));
+        // No Slurm cgroup: the tree alone.
+        assert_eq!(identify(t.path(), 40).unwrap(), Some(by_tree(7, "0", 20, 30)));
+        proc_entry(t.path(), 96, 1, "ctr", 1000, "ctr");
+        assert_eq!(identify(t.path(), 96).unwrap(), None);
+    }
+
+    #[test]
+    fn devices_list() {
+        let task = "c 1:3 rwm\nc 195:255 rwm\nc 195:2 rwm\nc 195:0 r\nb 195:1 rwm\nc 10:200 rwm\n";
+        let allowed: Vec<u32> = (0..4).filter(|m| devices_list_allows(task, 195, *m)).collect();
+        assert_eq!(allowed, vec![2]);
+        assert!(devices_list_allows(task, 195, 255));
+        assert!(!devices_list_allows(task, 196, 2));
+        assert!(devices_list_allows("a *:* rwm\n", 195, 7));
+        assert!(devices_list_allows("c 195:* rwm\n", 195, 7));
+        assert!(!devices_list_allows("c *:* m\n", 195, 7));
+        assert!(!devices_list_allows("", 195, 0));
+        assert!(!devices_list_allows("c 195:€ rw\nx\n\u{0}", 195, 0));
+    }
+
+    #[test]
+    fn narrowing_by_task_and_cgroup() {
+        use crate::inventory::{Gpu, Inventory, Source};
+        use crate::plan::{DevNum, HostDevices};
+        let gpu = |minor: u32, uuid: &str| Gpu {
+            index: minor,
+            minor,
+            uuid: Some(uuid.into()),
+            pci_bus_id: format!("00000000:{:02x}:00.0", minor + 1),
+            model: None,
+            arch: None,
+            brand: None,
+            migs: vec![],
+        };
+        let inv = Inventory {
+            source: Source::Procfs,
+            driver_version: "1".into(),
+            cuda_version: None,
+            gpus: vec![gpu(0, "GPU-a"), gpu(1, "GPU-b"), gpu(2, "GPU-c")],
+        };
+        let mut devs = HostDevices::new();
+        for m in 0..3 {
+            devs.insert(format!("nvidia{m}"), DevNum { major: 195, minor: m });
+        }
+        let names = |v: Vec<PhysicalId>| v.iter().map(ToString::to_string).collect::<Vec<_>>();
+        let step = [PhysicalId::Minor(0), PhysicalId::Minor(2)];
+        assert_eq!(names(narrow(&step, None, None, &inv, &devs)), ["GPU-a", "GPU-c"]);
+        let task = [PhysicalId::Uuid("GPU-c".into())];
+        assert_eq!(names(narrow(&step, Some(&task), None, &inv, &devs)), ["GPU-c"]);
+        // The task list never widens: GPU-b is not the step's, so it is ignored.
+        let forged = [PhysicalId::Uuid("GPU-b".into())];
+        assert_eq!(names(narrow(&step, Some(&forged), None, &inv, &devs)), ["GPU-a", "GPU-c"]);
+        // The task cgroup has the last word.
+        let list = "c 195:0 rwm\nc 195:255 rwm\n";
+        assert_eq!(names(narrow(&step, None, Some(list), &inv, &devs)), ["GPU-a"]);
+        assert!(narrow(&step, Some(&task), Some(list), &inv, &devs).is_empty());
     }
 
     fn state_dir() -> tempfile::TempDir {
@@ -365,77 +857,94 @@ mod tests {
         std::fs::write(dir.join(r.file_name()), serde_json::to_vec(r).unwrap()).unwrap();
     }
 
+    fn rec(job: u32, step: &str, stepd: i32, task: Option<(u32, i32)>, gpus: &[&str]) -> Record {
+        Record {
+            job,
+            step: step.into(),
+            stepd_pid: stepd,
+            task_id: task.map(|t| t.0),
+            task_pid: task.map(|t| t.1),
+            gpus: gpus.iter().map(|g| g.to_string()).collect(),
+        }
+    }
+
+    fn ids(g: &Grant) -> Vec<String> {
+        g.ids.iter().map(ToString::to_string).collect()
+    }
+
     #[test]
-    fn records_fresh_stale_and_per_task() {
+    fn records_fresh_stale_per_task_and_job() {
+        let t = tree();
         let d = state_dir();
-        let step = StepRef {
-            job: 7,
-            step: "0".into(),
-            stepd_pid: 20,
-            task_pid: Some(30),
-        };
-        let e = allowed_gpus(d.path(), &step).unwrap_err().to_string();
-        assert!(
-            e.contains("job 7 step 0") && e.contains("SPANK plugin"),
-            "{e}"
-        );
-        let rec = Record {
-            job: 7,
-            step: "0".into(),
-            stepd_pid: 20,
+        let step = by_tree(7, "0", 20, 30);
+        let e = allowed_gpus(d.path(), t.path(), &step)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("job 7 step 0") && e.contains("SPANK plugin"), "{e}");
+        // The step record.
+        write(d.path(), &rec(7, "0", 20, None, &["minor:1", "minor:3"]));
+        let g = allowed_gpus(d.path(), t.path(), &step).unwrap();
+        assert_eq!((ids(&g), g.task_pid), (vec!["minor:1".into(), "minor:3".into()], None));
+        // The task's own record, found by pid (process tree) and by id (cgroup).
+        write(d.path(), &rec(7, "0", 20, Some((1, 30)), &["minor:3"]));
+        let g = allowed_gpus(d.path(), t.path(), &step).unwrap();
+        assert_eq!((ids(&g), g.task_pid), (vec!["minor:3".into()], Some(30)));
+        let by_cg = StepRef {
+            stepd_pid: None,
             task_pid: None,
-            gpus: vec!["minor:1".into(), "minor:3".into()],
-        };
-        write(d.path(), &rec);
-        assert_eq!(
-            allowed_gpus(d.path(), &step).unwrap(),
-            vec![PhysicalId::Minor(1), PhysicalId::Minor(3)]
-        );
-        // The task's own record narrows it.
-        write(
-            d.path(),
-            &Record {
-                task_pid: Some(30),
-                gpus: vec!["minor:3".into()],
-                ..rec.clone()
-            },
-        );
-        assert_eq!(
-            allowed_gpus(d.path(), &step).unwrap(),
-            vec![PhysicalId::Minor(3)]
-        );
-        // A record left by an earlier slurmstepd with the same ids grants nothing.
-        let other = StepRef {
-            stepd_pid: 21,
+            task_id: Some(1),
             ..step.clone()
         };
-        assert!(allowed_gpus(d.path(), &other).is_err());
-        // Garbage is an error naming the file.
+        assert_eq!(allowed_gpus(d.path(), t.path(), &by_cg).unwrap().task_pid, Some(30));
+        // The job record bounds every step.
+        write(d.path(), &rec(7, JOB_RECORD, 0, None, &["minor:3"]));
+        let step_only = StepRef {
+            task_pid: None,
+            ..step.clone()
+        };
+        assert_eq!(ids(&allowed_gpus(d.path(), t.path(), &step_only).unwrap()), vec!["minor:3"]);
+        // The extern step gets the job's GPUs, and nothing without the job record.
+        let ext = StepRef {
+            step: "extern".into(),
+            stepd_pid: None,
+            task_pid: None,
+            ..step.clone()
+        };
+        assert_eq!(ids(&allowed_gpus(d.path(), t.path(), &ext).unwrap()), vec!["minor:3"]);
+        remove_job(d.path(), 7);
+        assert!(allowed_gpus(d.path(), t.path(), &ext).is_err());
+        // A record left by an earlier slurmstepd with the same ids grants nothing, nor does one
+        // whose stepd is no longer alive.
+        let other = by_tree(7, "0", 21, 30);
+        assert!(allowed_gpus(d.path(), t.path(), &other).is_err());
+        std::fs::remove_dir_all(t.path().join("20")).unwrap();
+        assert!(allowed_gpus(d.path(), t.path(), &by_cg).is_err());
+    }
+
+    #[test]
+    fn malformed_records_name_the_file() {
+        let t = tree();
+        let d = state_dir();
         std::fs::write(d.path().join("7.0.json"), b"{").unwrap();
-        let e = allowed_gpus(
-            d.path(),
-            &StepRef {
-                task_pid: None,
-                ..step
-            },
-        )
-        .unwrap_err()
-        .to_string();
+        let e = allowed_gpus(d.path(), t.path(), &by_tree(7, "0", 20, 30))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("7.0.json"), "{e}");
     }
 
     #[test]
-    fn unsafe_state_dir_is_refused() {
+    fn missing_or_unsafe_state_dir_is_refused() {
+        let t = tree();
+        let step = by_tree(7, "0", 20, 30);
+        let gone = t.path().join("no-such-dir");
+        assert!(matches!(
+            allowed_gpus(&gone, t.path(), &step),
+            Err(AllocationError::NoStateDir { .. })
+        ));
         let d = tempfile::tempdir().unwrap();
         std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-        let step = StepRef {
-            job: 1,
-            step: "0".into(),
-            stepd_pid: 2,
-            task_pid: None,
-        };
         assert!(matches!(
-            allowed_gpus(d.path(), &step),
+            allowed_gpus(d.path(), t.path(), &step),
             Err(AllocationError::UnsafeDir { .. })
         ));
     }
@@ -444,33 +953,18 @@ mod tests {
     fn write_and_remove() {
         let t = tempfile::tempdir().unwrap();
         let dir = t.path().join("state");
-        let r = Record {
-            job: 9,
-            step: "batch".into(),
-            stepd_pid: 20,
-            task_pid: Some(31),
-            gpus: vec!["minor:2".into()],
-        };
-        write_record(&dir, &r).unwrap();
+        ensure_state_dir(&dir).unwrap();
         assert_eq!(
             std::fs::metadata(&dir)
                 .map(|m| m.permissions().mode() & 0o777)
                 .unwrap(),
             0o700
         );
-        let step = StepRef {
-            job: 9,
-            step: "batch".into(),
-            stepd_pid: 20,
-            task_pid: Some(31),
-        };
-        assert_eq!(
-            allowed_gpus(&dir, &step).unwrap(),
-            vec![PhysicalId::Minor(2)]
-        );
+        write_record(&dir, &rec(9, "batch", 20, Some((0, 31)), &["minor:2"])).unwrap();
+        write_record(&dir, &rec(9, "batch", 20, None, &["minor:2"])).unwrap();
         remove_step(&dir, 9, "batch", 21);
         assert!(
-            dir.join("9.batch.task31.json").exists(),
+            dir.join("9.batch.task0.json").exists(),
             "another stepd's records stay"
         );
         remove_step(&dir, 9, "batch", 20);
@@ -481,23 +975,12 @@ mod tests {
     fn sweep_removes_records_of_gone_steps() {
         let t = tree();
         let d = state_dir();
-        let live = Record {
-            job: 7,
-            step: "0".into(),
-            stepd_pid: 20,
-            task_pid: None,
-            gpus: vec![],
-        };
-        let gone = Record {
-            job: 6,
-            step: "0".into(),
-            stepd_pid: 20,
-            ..live.clone()
-        };
-        write(d.path(), &live);
-        write(d.path(), &gone);
+        write(d.path(), &rec(7, "0", 20, None, &[]));
+        write(d.path(), &rec(6, "0", 20, None, &[]));
+        write(d.path(), &rec(6, JOB_RECORD, 0, None, &[]));
         sweep_stale(d.path(), t.path());
         assert!(d.path().join("7.0.json").exists());
         assert!(!d.path().join("6.0.json").exists());
+        assert!(d.path().join("6.job.json").exists(), "the epilog's to remove");
     }
 }

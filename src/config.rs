@@ -44,7 +44,10 @@ pub enum Ldconfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OutsideSlurm {
-    /// Whatever the container asks for (a plain podman or runc host).
+    /// `deny` where the SPANK plugin is deployed (its state dir exists: the plugin makes it
+    /// when slurmd loads it), `allow` elsewhere.
+    Auto,
+    /// Whatever the container asks for (a plain podman or runc host, root-run health checks).
     Allow,
     /// No GPU at all: on a Slurm-only node, a container outside a step is an escape attempt.
     Deny,
@@ -100,7 +103,7 @@ impl Default for Config {
                 .map(PathBuf::from)
                 .collect(),
             state_dir: PathBuf::from("/run/gres-oci"),
-            outside_slurm: OutsideSlurm::Allow,
+            outside_slurm: OutsideSlurm::Auto,
             ignored_keys: Vec::new(),
         }
     }

@@ -146,8 +146,8 @@ pub enum PlanError {
     MissingDevice { name: String, dev_root: PathBuf },
     #[error("GPU {gpu} is not allocated to this Slurm step (allocated: {allocated})")]
     NotAllocated { gpu: String, allocated: String },
-    #[error("container is not in a Slurm step, and this node's policy (outside-slurm = \"deny\") gives it no GPU")]
-    OutsideSlurm,
+    #[error("container is in no Slurm job, and {why} gives it no GPU (set outside-slurm = \"allow\" in [gres-oci] of the hook's config.toml to allow such containers)")]
+    OutsideSlurm { why: String },
     #[error("MIG device {uuid}: no {cap} in the driver's mig-minors list")]
     MissingMigCap { uuid: String, cap: String },
 }
@@ -157,8 +157,8 @@ pub enum PlanError {
 pub enum Allocation<'a> {
     /// Not in a Slurm step, and the node allows that: anything on the node.
     Unrestricted,
-    /// Not in a Slurm step, and the node denies GPUs to such containers.
-    Denied,
+    /// Not in a Slurm step, and the node denies GPUs to such containers, for the reason given.
+    Denied(&'a str),
     /// The step's (or task's) GPUs as the plugin recorded them.
     Step(&'a [crate::request::PhysicalId]),
 }
@@ -360,8 +360,12 @@ pub fn plan(i: &Inputs) -> Result<Plan, PlanError> {
 fn restrict(sel: &mut Selection, request: &Request, alloc: Allocation) -> Result<(), PlanError> {
     let allowed = match alloc {
         Allocation::Unrestricted => return Ok(()),
-        Allocation::Denied if sel.gpus.is_empty() && sel.migs.is_empty() => return Ok(()),
-        Allocation::Denied => return Err(PlanError::OutsideSlurm),
+        Allocation::Denied(_) if sel.gpus.is_empty() && sel.migs.is_empty() => return Ok(()),
+        Allocation::Denied(why) => {
+            return Err(PlanError::OutsideSlurm {
+                why: why.to_owned(),
+            })
+        }
         Allocation::Step(ids) => ids,
     };
     let ok = |g: &Gpu| allowed.iter().any(|id| id.matches(g));
@@ -813,7 +817,7 @@ mod tests {
                 "{forged:?}: {e}"
             );
         }
-        let deny = |env: &[&str]| plan_with(env, &c, Layout::Debian, &inv, Allocation::Denied);
+        let deny = |env: &[&str]| plan_with(env, &c, Layout::Debian, &inv, Allocation::Denied("the node's policy"));
         assert!(deny(&["NVIDIA_VISIBLE_DEVICES=all"])
             .unwrap_err()
             .to_string()

@@ -3,14 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
-use gres_oci::allocation::{allowed_gpus, find_step, StepRef};
+use anyhow::{bail, Context, Result};
+use gres_oci::allocation::{allowed_gpus, identify, narrow, Grant, StepRef};
 use gres_oci::config::{Config, OutsideSlurm};
 use gres_oci::driver::{resolve_in, DriverRoot};
 use gres_oci::inventory::{read_mig_minors, read_nvml, read_procfs, scan_dev_root, Inventory};
 use gres_oci::ldcache::{native_arch, LdCache};
 use gres_oci::plan::{plan, Allocation, Inputs, Layout, Plan};
-use gres_oci::request::{env_map, PhysicalId, Request};
+use gres_oci::request::{env_map, PhysicalId, Request, GPUS_VAR};
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 use crate::state::Bundle;
@@ -98,26 +98,105 @@ fn layout(rootfs: &Path) -> Layout {
     }
 }
 
-/// What the container at `pid` may have: its Slurm step's recorded GPUs when a root-owned
-/// slurmstepd is among its ancestors, else the node's `outside-slurm` policy. Without a pid
-/// (`plan --bundle`) nothing is restricted. `Ok(None)` for the allowed list means the node
-/// has no state dir at all: the plugin is not deployed there, so the hook cannot know the
-/// allocation and leaves it to Slurm's device cgroup (ConstrainDevices).
-fn allocation(
-    config: &Config,
-    pid: Option<i32>,
-) -> Result<(Option<StepRef>, Option<Vec<PhysicalId>>)> {
+/// How the container stands to Slurm.
+enum Standing {
+    /// `plan --bundle`: no container, nothing to restrict.
+    NoContainer,
+    /// In no Slurm job; the string says why it gets nothing, or `None` when it may have
+    /// what it asks for.
+    Outside(Option<String>),
+    /// In a Slurm step: what the records grant, and the task's narrowing inputs.
+    InStep {
+        step: StepRef,
+        grant: Grant,
+        task_gpus: Option<Vec<PhysicalId>>,
+        devices_list: Option<String>,
+    },
+}
+
+/// Where the container at `pid` stands: its job, step and task from its cgroups (or, where
+/// Slurm keeps none, its root-owned slurmstepd ancestor), and what the plugin's records grant
+/// there. A container in no job follows the node's `outside-slurm` policy.
+///
+/// # Errors
+/// A container in a job that no live record vouches for, or contradicting cgroups.
+fn standing(config: &Config, pid: Option<i32>) -> Result<Standing> {
+    let Some(pid) = pid else {
+        return Ok(Standing::NoContainer);
+    };
     // The real /proc, not `proc-root`: the pid is a live process, and `proc-root` only relocates
     // the driver's files (tests point it at a fake tree).
-    let Some(step) = pid.and_then(|p| find_step(Path::new("/proc"), p)) else {
-        return Ok((None, None));
+    let proc = Path::new("/proc");
+    let Some(step) = identify(proc, pid)? else {
+        let deployed = config.state_dir.exists();
+        let why = match config.outside_slurm {
+            OutsideSlurm::Allow => None,
+            OutsideSlurm::Auto if !deployed => None,
+            OutsideSlurm::Auto => Some(format!(
+                "this node runs gres-oci's Slurm plugin ({} exists)",
+                config.state_dir.display()
+            )),
+            OutsideSlurm::Deny => Some("the node's policy (outside-slurm = \"deny\")".into()),
+        };
+        return Ok(Standing::Outside(why));
     };
-    if !config.state_dir.exists() {
-        tracing::warn!(dir = %config.state_dir.display(), "no gres-oci state dir: Slurm allocation not enforced by the hook");
-        return Ok((Some(step), None));
+    let grant = allowed_gpus(&config.state_dir, proc, &step)
+        .with_context(|| describe(&step))?;
+    // The plugin's per-task list, as slurmstepd handed it to the task at exec. It only ever
+    // narrows within the grant, so the user's ability to re-exec with other values gains
+    // nothing.
+    let task_gpus = grant
+        .task_pid
+        .and_then(|p| std::fs::read(proc.join(p.to_string()).join("environ")).ok())
+        .and_then(|environ| {
+            let prefix = format!("{GPUS_VAR}=");
+            environ
+                .split(|b| *b == 0)
+                .find_map(|e| e.strip_prefix(prefix.as_bytes()).map(<[u8]>::to_vec))
+        })
+        .and_then(|v| String::from_utf8(v).ok())
+        .and_then(|v| {
+            v.split(',')
+                .filter(|s| !s.is_empty())
+                .map(PhysicalId::parse)
+                .collect::<Result<Vec<_>, _>>()
+                .ok()
+        });
+    let devices_list = step
+        .devices_cgroup
+        .as_deref()
+        .map(read_devices_list)
+        .transpose()
+        .with_context(|| describe(&step))?;
+    tracing::debug!(job = step.job, step = %step.step, task = ?step.task_id, granted = ?grant.ids, task_gpus = ?task_gpus, "container is in a Slurm step");
+    Ok(Standing::InStep {
+        step,
+        grant,
+        task_gpus,
+        devices_list,
+    })
+}
+
+fn describe(s: &StepRef) -> String {
+    match s.task_id {
+        Some(t) => format!("job {} step {} task {t}", s.job, s.step),
+        None => format!("job {} step {}", s.job, s.step),
     }
-    let ids = allowed_gpus(&config.state_dir, &step)?;
-    Ok((Some(step), Some(ids)))
+}
+
+/// Slurm's v1 `devices.list` of the task's (or step's) cgroup, found through this process's
+/// mounts.
+fn read_devices_list(rel: &str) -> Result<String> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .context("/proc/self/mountinfo: cannot read")?;
+    match crate::cgroup::locate(&format!("0:devices:{rel}"), &mountinfo)? {
+        crate::cgroup::DeviceCgroup::V1(dir) => {
+            let list = dir.join("devices.list");
+            std::fs::read_to_string(&list)
+                .with_context(|| format!("{}: cannot read the task's device cgroup", list.display()))
+        }
+        crate::cgroup::DeviceCgroup::V2 => bail!("devices cgroup {rel} is not a v1 hierarchy"),
+    }
 }
 
 /// The plan for one bundle; `None` for a container that asks for no GPU. `pid` is the
@@ -135,18 +214,7 @@ pub fn build_plan(
     let Some(request) = Request::from_env(&env, config)? else {
         return Ok(None);
     };
-    let (step, allowed) = allocation(config, pid)?;
-    let allocation = match (&step, config.outside_slurm) {
-        (Some(_), _) => allowed
-            .as_deref()
-            .map_or(Allocation::Unrestricted, Allocation::Step),
-        (None, _) if pid.is_none() => Allocation::Unrestricted,
-        (None, OutsideSlurm::Allow) => Allocation::Unrestricted,
-        (None, OutsideSlurm::Deny) => Allocation::Denied,
-    };
-    if let Some(s) = &step {
-        tracing::debug!(job = s.job, step = %s.step, allowed = ?allowed, "container is in a Slurm step");
-    }
+    let standing = standing(config, pid)?;
     let cache = driver_cache(config)?;
     let inv = inventory(config, &cache, Some(&request))?;
     let driver =
@@ -160,6 +228,26 @@ pub fn build_plan(
     } else {
         Default::default()
     };
+    let allowed: Vec<PhysicalId>;
+    let (allocation, step) = match &standing {
+        Standing::NoContainer | Standing::Outside(None) => (Allocation::Unrestricted, None),
+        Standing::Outside(Some(why)) => (Allocation::Denied(why), None),
+        Standing::InStep {
+            step,
+            grant,
+            task_gpus,
+            devices_list,
+        } => {
+            allowed = narrow(
+                &grant.ids,
+                task_gpus.as_deref(),
+                devices_list.as_deref(),
+                &inv,
+                &devices,
+            );
+            (Allocation::Step(&allowed), Some(step))
+        }
+    };
     let p = plan(&Inputs {
         container_id,
         rootfs: &bundle.rootfs,
@@ -172,8 +260,8 @@ pub fn build_plan(
         allocation,
         config,
     })
-    .map_err(|e| match &step {
-        Some(s) => anyhow::Error::from(e).context(format!("job {} step {}", s.job, s.step)),
+    .map_err(|e| match step {
+        Some(s) => anyhow::Error::from(e).context(describe(s)),
         None => e.into(),
     })?;
     Ok(Some(p))

@@ -29,7 +29,9 @@ use std::error::Error;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use gres_oci::allocation::{remove_step, sweep_stale, write_record, Record};
+use gres_oci::allocation::{
+    ensure_state_dir, remove_job, remove_step, sweep_stale, write_record, Record, JOB_RECORD,
+};
 use gres_oci::config::Config;
 use gres_oci::gres::{GresConf, GresError};
 use gres_oci::inventory::Inventory;
@@ -69,6 +71,8 @@ const fn parse_hex(s: &str) -> u32 {
 
 /// Slurm's step id of a batch script (`SLURM_BATCH_SCRIPT`).
 const BATCH_STEP: u32 = 0xFFFF_FFFB;
+/// Slurm's step id of the interactive step (`LaunchParameters=use_interactive_step`).
+const INTERACTIVE_STEP: u32 = 0xFFFF_FFFA;
 /// Step ids above this are Slurm's special steps (extern, interactive, pending).
 const SPECIAL_STEPS: u32 = 0xFFFF_FFF0;
 /// The first release whose `--container` receives the final step environment.
@@ -93,6 +97,8 @@ pub enum PluginError {
     },
     #[error(transparent)]
     Spool(#[from] spool::SpoolError),
+    #[error(transparent)]
+    Record(Box<gres_oci::allocation::AllocationError>),
     #[error("{0}")]
     Spank(String),
 }
@@ -287,18 +293,93 @@ impl GresOci {
             .plugin_argv()
             .map_err(|e| spank_err("plugstack.conf arguments", e))?;
         self.site = Some(SiteArgs::parse(argv)?);
+        if matches!(ctx, Context::Slurmd) {
+            // The state dir exists from slurmd's start on, so its presence says the plugin is
+            // deployed here: the hook then refuses containers that no record vouches for,
+            // even before the first step (and after a reboot emptied /run).
+            let config = Config::load(self.site().config.as_deref())?;
+            ensure_state_dir(&config.state_dir).map_err(|e| PluginError::Record(e.into()))?;
+        }
         Ok(())
+    }
+
+    /// The job's record on this node, from the prolog's environment.
+    fn job_record(&mut self, h: &SpankHandle) -> Result<(), PluginError> {
+        if self.site.is_none() {
+            let argv = h
+                .plugin_argv()
+                .map_err(|e| spank_err("plugstack.conf arguments", e))?;
+            self.site = Some(SiteArgs::parse(argv)?);
+        }
+        let config = Config::load(self.site().config.as_deref())?;
+        let job: u32 = std::env::var("SLURM_JOB_ID")
+            .ok()
+            .and_then(|j| j.parse().ok())
+            .ok_or_else(|| PluginError::Spank("SLURM_JOB_ID: not set in the prolog".into()))?;
+        let value = std::env::var("SLURM_JOB_GPUS").unwrap_or_default();
+        let list = resolve::parse_list("SLURM_JOB_GPUS", &value)?;
+        let node = node_name();
+        let table = if list.is_empty() {
+            Vec::new()
+        } else {
+            node_gpus(&config, &node)?
+        };
+        let gpus = resolve::select(&table, &list, &node)?;
+        let record = Record {
+            job,
+            step: JOB_RECORD.into(),
+            stepd_pid: 0,
+            task_pid: None,
+            task_id: None,
+            gpus: resolve::gpu_env(&gpus)
+                .gres_oci_gpus
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        };
+        write_record(&config.state_dir, &record).map_err(|e| PluginError::Record(e.into()))
     }
 
     fn user_init_inner(&mut self, h: &mut SpankHandle) -> Result<(), PluginError> {
         let settings = self.options(h)?;
         let step_id = h.job_stepid().map_err(|e| spank_err("S_JOB_STEPID", e))?;
         let batch = step_id == BATCH_STEP;
-        if step_id > SPECIAL_STEPS && !batch {
+        // The batch and interactive steps carry the job's list: Slurm sets SLURM_JOB_GPUS there
+        // (gres_g_job_set_env) and never SLURM_STEP_GPUS, which is then whatever the submitter
+        // exported. srun steps get SLURM_STEP_GPUS set or unset by Slurm (gres_g_step_set_env)
+        // before this callback. Each step type reads only the variable Slurm sets for it.
+        let job_level = batch || step_id == INTERACTIVE_STEP;
+        if step_id > SPECIAL_STEPS && !job_level {
             return Ok(());
         }
         let job_id = h.job_id().map_err(|e| spank_err("S_JOB_ID", e))?;
         let container = getenv(h, "SLURM_CONTAINER")?.is_some_and(|c| !c.is_empty());
+        let site = self.site();
+        let var = if job_level {
+            "SLURM_JOB_GPUS"
+        } else {
+            "SLURM_STEP_GPUS"
+        };
+        let value = getenv(h, var)?;
+        let node = node_name();
+        // The step's GPUs are resolved even when the user opts out: the record that bounds the
+        // step's containers is not the user's to switch off.
+        let resolved = (|| -> Result<_, PluginError> {
+            let config = Config::load(site.config.as_deref())?;
+            let list = resolve::parse_list(var, value.as_deref().unwrap_or(""))?;
+            // A step without GPUs needs no table (and so no readable gres.conf).
+            let table = if list.is_empty() {
+                Vec::new()
+            } else {
+                node_gpus(&config, &node)?
+            };
+            let gpus = resolve::select(&table, &list, &node)?;
+            let env = resolve::gpu_env(&gpus);
+            let mut list: Vec<usize> = gpus.iter().map(|g| g.index).collect();
+            list.sort_unstable();
+            Ok((config.state_dir.clone(), table, list, env))
+        })();
         if !settings.enabled {
             // srun carries the batch script's environment into its steps; a list inherited
             // from a gres-oci step would name GPUs this step may not have.
@@ -308,40 +389,30 @@ impl GresOci {
                         .map_err(|e| spank_err(&format!("unsetting {var}"), e))?;
                 }
             }
-            // Kept only for the ConstrainDevices fix, which a container needs to start at all.
-            self.step = container.then(|| Step {
+            let (state_dir, table, list) = match resolved {
+                Ok((d, t, l, _)) => (d, t, l),
+                Err(e) => {
+                    log(
+                        LogLevel::Verbose,
+                        &format!("{e}; no allocation record for this opted-out step"),
+                    );
+                    (Default::default(), Vec::new(), Vec::new())
+                }
+            };
+            self.step = Some(Step {
                 settings,
                 node: String::new(),
-                table: Vec::new(),
-                list: Vec::new(),
+                table,
+                list,
                 container,
                 batch,
                 job_id,
                 step_name: step_name(step_id),
-                state_dir: Default::default(),
+                state_dir,
             });
             return Ok(());
         }
-        let site = self.site();
-        let config = Config::load(site.config.as_deref())?;
-        let node = node_name();
-        let (var, value) = match getenv(h, "SLURM_STEP_GPUS")? {
-            Some(v) => ("SLURM_STEP_GPUS", Some(v)),
-            // The batch step only has the job's list.
-            None if batch => ("SLURM_JOB_GPUS", getenv(h, "SLURM_JOB_GPUS")?),
-            None => ("SLURM_STEP_GPUS", None),
-        };
-        let list = resolve::parse_list(var, value.as_deref().unwrap_or(""))?;
-        // A step without GPUs needs no table (and so no readable gres.conf).
-        let table = if list.is_empty() {
-            Vec::new()
-        } else {
-            node_gpus(&config, &node)?
-        };
-        let gpus = resolve::select(&table, &list, &node)?;
-        let env = resolve::gpu_env(&gpus);
-        let mut list: Vec<usize> = gpus.iter().map(|g| g.index).collect();
-        list.sort_unstable();
+        let (state_dir, table, list, env) = resolved?;
         let step = Step {
             settings,
             node,
@@ -351,7 +422,7 @@ impl GresOci {
             batch,
             job_id,
             step_name: step_name(step_id),
-            state_dir: config.state_dir.clone(),
+            state_dir,
         };
         set_env(h, &step, &env)?;
         self.step = Some(step);
@@ -363,7 +434,7 @@ impl GresOci {
             return Ok(());
         };
         if !step.settings.enabled {
-            if needs_spool_patch(h) && devices_constrained() == Some(true) {
+            if step.container && needs_spool_patch(h) && devices_constrained() == Some(true) {
                 let patch = spool::Patch {
                     inherit_devices: true,
                     ..spool::Patch::default()
@@ -469,39 +540,34 @@ fn step_name(step_id: u32) -> String {
     }
 }
 
-/// The allocation record of this task: the GPUs it may use (its own under per-task binding,
-/// else the step's), keyed by its pid, with its slurmstepd's pid. Written as root in
-/// `task_init_privileged`; the hook finds it through the container's process tree.
-fn task_record(step: &Step, h: &SpankHandle) -> Result<Record, PluginError> {
-    let mut mine = step.list.clone();
-    if !step.batch && !step.list.is_empty() {
-        let bind = GpuBind::parse(&getenv(h, "SLURMD_TRES_BIND")?.unwrap_or_default());
-        let local_id = h.task_id().map_err(|e| spank_err("S_TASK_ID", e))?;
-        if let Some(u) = resolve::task_usable(
-            &bind,
-            &step.list,
-            step.table.len(),
-            u32::try_from(local_id).unwrap_or(0),
-        ) {
-            if !u.is_empty() {
-                mine = u;
-            }
-        }
-    }
-    let gpus = resolve::select(&step.table, &mine, &step.node)?;
-    let ids = resolve::gpu_env(&gpus).gres_oci_gpus;
-    Ok(Record {
+/// The allocation records of this task and its step: the step's GPUs, with the task's local
+/// id and pid and its slurmstepd's pid. Written as root in `task_init_privileged`, before
+/// slurmstepd has put the task's binding (`SLURMD_TRES_BIND`) into its environment; the hook
+/// narrows to the task's own GPUs from the task's environment and its device cgroup.
+fn task_records(step: &Step, h: &SpankHandle) -> Result<[Record; 2], PluginError> {
+    let gpus = resolve::select(&step.table, &step.list, &step.node)?;
+    let ids: Vec<String> = resolve::gpu_env(&gpus)
+        .gres_oci_gpus
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let task_id = h.task_id().map_err(|e| spank_err("S_TASK_ID", e))?;
+    let step_record = Record {
         job: step.job_id,
         step: step.step_name.clone(),
-        // SAFETY: getppid/getpid have no preconditions. The task is a child of slurmstepd.
+        // SAFETY: getppid has no preconditions. The task is a child of slurmstepd.
         stepd_pid: unsafe { libc::getppid() },
+        task_pid: None,
+        task_id: None,
+        gpus: ids,
+    };
+    let task_record = Record {
         task_pid: Some(std::process::id() as i32),
-        gpus: ids
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect(),
-    })
+        task_id: Some(u32::try_from(task_id).unwrap_or(0)),
+        ..step_record.clone()
+    };
+    Ok([step_record, task_record])
 }
 
 /// The variables of a step or task, as (name, value) pairs in the order they are set.
@@ -604,19 +670,47 @@ unsafe impl Plugin for GresOci {
     }
 
     fn task_init_privileged(&mut self, h: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
-        // Nothing to record for a step we do not serve; an error from user_init is reported
-        // by task_init.
-        let Some(step) = self.step.clone().filter(|s| s.settings.enabled) else {
+        // Nothing to record for a step we do not serve, or one whose GPUs were not resolved;
+        // an error from user_init is reported by task_init.
+        let Some(step) = self.step.clone().filter(|s| !s.state_dir.as_os_str().is_empty()) else {
             return Ok(());
         };
         if self.deferred.is_some() {
             return Ok(());
         }
-        let result = task_record(&step, h).and_then(|r| {
-            write_record(&step.state_dir, &r).map_err(|e| PluginError::Spank(e.to_string()))
+        let result = task_records(&step, h).and_then(|records| {
+            records.iter().try_for_each(|r| {
+                write_record(&step.state_dir, r).map_err(|e| PluginError::Record(e.into()))
+            })
         });
-        if let Err(e) = result {
-            self.deferred = Some(e);
+        match result {
+            Ok(()) => {}
+            Err(e) if step.settings.enabled => self.deferred = Some(e),
+            Err(e) => log(LogLevel::Error, &e.to_string()),
+        }
+        Ok(())
+    }
+
+    fn job_prolog(&mut self, h: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
+        // In slurmd's prolog, as root: the job's GPUs on this node, from the SLURM_JOB_GPUS
+        // slurmd put into the prolog's environment (the user's environment never reaches it).
+        // A failing prolog drains the node, so errors are logged, not returned: the hook then
+        // simply has no job record (steps keep their own; the extern step gets nothing).
+        if let Err(e) = self.job_record(h) {
+            log(LogLevel::Error, &format!("job prolog: {e}"));
+        }
+        Ok(())
+    }
+
+    fn job_epilog(&mut self, _h: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
+        let site = self.site();
+        if let (Ok(config), Some(job)) = (
+            Config::load(site.config.as_deref()),
+            std::env::var("SLURM_JOB_ID")
+                .ok()
+                .and_then(|j| j.parse().ok()),
+        ) {
+            remove_job(&config.state_dir, job);
         }
         Ok(())
     }
@@ -627,7 +721,11 @@ unsafe impl Plugin for GresOci {
         if !matches!(h.context(), Ok(Context::Remote)) {
             return Ok(());
         }
-        if let Some(step) = self.step.as_ref().filter(|s| s.settings.enabled) {
+        if let Some(step) = self
+            .step
+            .as_ref()
+            .filter(|s| !s.state_dir.as_os_str().is_empty())
+        {
             remove_step(
                 &step.state_dir,
                 step.job_id,
