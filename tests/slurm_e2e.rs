@@ -509,6 +509,12 @@ fn own_bundle(c: &Cluster, name: &str, env: &[&str], script: &str) -> std::path:
     spec["mounts"].as_array_mut().unwrap().push(serde_json::json!({
         "destination": "/hostdev", "type": "bind", "source": c.node.join("dev"), "options": ["rbind", "ro"]
     }));
+    if c.setup.cgroup {
+        // Under ConstrainDevices runc 1.1 cannot write its default device rules below the
+        // task's cgroup; with one allow-all rule it writes none, and the container keeps the
+        // task cgroup's limits (as the plugin's spool patch does for `--container`).
+        spec["linux"]["resources"]["devices"] = serde_json::json!([{"allow": true, "access": "rwm"}]);
+    }
     spec["hooks"] = serde_json::json!({"prestart": [{
         "path": slurm::hook_bin(),
         "args": ["gres-oci-hook", format!("-config={}", c.node.join("config.toml").display()), "prestart"],
@@ -618,13 +624,228 @@ fn allocation_containment(c: &Cluster) {
     }
     let a = a.finish(Duration::from_secs(30)).success();
     assert_eq!(a.env()["A"], a_gpus, "{a}");
-    // Records of finished steps are gone.
+    // Records of finished steps are gone. (Job records are the epilog's, and the next job
+    // with the same id overwrites its own in its prolog.)
     let left: Vec<_> = std::fs::read_dir(c.root.join("gres-oci-state"))
         .unwrap()
         .flatten()
-        .map(|e| e.file_name())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".job.json"))
         .collect();
     assert!(left.is_empty(), "stale allocation records: {left:?}");
+}
+
+/// `runc run` of `bundle` as container `id`, as a shell command line.
+fn runc_line(c: &Cluster, bundle: &std::path::Path, id: &str) -> String {
+    runc_args(c, bundle, id).join(" ")
+}
+
+/// The GPUs a container's probe output shows: its `/dev/nvidiaN` minors.
+fn seen(out: &str) -> BTreeSet<u32> {
+    devices(out).keys().copied().collect()
+}
+
+/// Issue: a list that becomes a record comes from what Slurm sets for the step type. The
+/// submitter forges every variable the plugin could read; the container asks for `all` and
+/// must still see exactly its job's or step's GPUs.
+fn forged_gpu_lists(c: &Cluster) {
+    let all4 = c.gpus_var(&[0, 1, 2, 3]);
+    let forged: [(&str, &str); 5] = [
+        ("SLURM_STEP_GPUS", "0,1,2,3"),
+        ("SLURM_JOB_GPUS", "0,1,2,3"),
+        ("GRES_OCI_GPUS", &all4),
+        ("NVIDIA_VISIBLE_DEVICES", "all"),
+        ("CUDA_VISIBLE_DEVICES", "0,1,2,3"),
+    ];
+    let b = own_bundle(c, "forge", &["NVIDIA_VISIBLE_DEVICES=all"], HOSTDEV_PROBE);
+    // srun.
+    c.wait_idle(Duration::from_secs(20));
+    let mut cmd = c.command("srun");
+    cmd.arg("--gres=gpu:1")
+        .args(runc_args(c, &b, "forge-srun"))
+        .envs(forged.iter().copied());
+    let o = slurm::run(&mut cmd, Duration::from_secs(60)).success();
+    assert_eq!(seen(&o.stdout).len(), 1, "srun: {o}");
+    // sbatch, with the submitter's environment exported or not (sbatch forwards SLURM_*
+    // either way).
+    for export in ["--export=ALL", "--export=NONE"] {
+        let (o, text) = c.sbatch_env(
+            &[export, "--gres=gpu:1"],
+            &forged,
+            &format!("{}\n", runc_line(c, &b, "forge-batch")),
+        );
+        assert!(o.ok(), "{export}: {o}\n{text}");
+        assert_eq!(seen(&text).len(), 1, "{export}: the batch step's container\n{text}");
+    }
+    // sbatch from inside a GPU step: the inner batch job inherits the outer step's genuine
+    // lists, which name GPUs the inner job does not have.
+    let inner = c.root.join("work/inner.sh");
+    std::fs::write(
+        &inner,
+        format!("#!/bin/sh\necho INNER=$SLURM_JOB_GPUS\n{}\n", runc_line(c, &b, "forge-inner")),
+    )
+    .unwrap();
+    let out = c.root.join("work/inner.out");
+    let _ = std::fs::remove_file(&out);
+    let o = c
+        .srun(&[
+            "--gres=gpu:2",
+            "sbatch",
+            "--wait",
+            "--gres=gpu:1",
+            &format!("--output={}", out.display()),
+            &inner.display().to_string(),
+        ])
+        .success();
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    let job = slurm_list(
+        text.lines()
+            .find_map(|l| l.strip_prefix("INNER="))
+            .unwrap_or_else(|| panic!("no inner job output: {o}\n{text}")),
+    );
+    assert_eq!(job.len(), 1, "{text}");
+    let want: BTreeSet<u32> = c.minors_of(&job).into_iter().collect();
+    assert_eq!(seen(&text), want, "the inner job's container\n{o}\n{text}");
+}
+
+/// Issue: the process tree is not an identity. A step's process that leaves the tree (setsid,
+/// a double fork) still starts its container inside the job's cgroups, which name the step;
+/// where Slurm keeps no cgroups, the container counts as in no job, which gets nothing on a
+/// node that runs the plugin.
+fn tree_escapes(c: &Cluster) {
+    let b = own_bundle(c, "escape", &["NVIDIA_VISIBLE_DEVICES=all"], HOSTDEV_PROBE);
+    let work = c.root.join("work");
+    for (name, detach) in [
+        ("setsid", "setsid -f sh -c"),
+        ("double-fork", "sh -c '(sh -c \"$0\" &)'"),
+    ] {
+        let out = work.join(format!("escape-{name}.out"));
+        let _ = std::fs::remove_file(&out);
+        let _ = std::fs::remove_file(out.with_extension("done"));
+        let inner = format!(
+            "{} > {o} 2>&1; touch {d}",
+            runc_line(c, &b, &format!("escape-{name}")),
+            o = out.display(),
+            d = out.with_extension("done").display()
+        );
+        let script = format!(
+            "{detach} '{inner}'; for i in $(seq 200); do [ -e {d} ] && break; sleep 0.05; done; cat {o}",
+            d = out.with_extension("done").display(),
+            o = out.display()
+        );
+        let o = sh(c, &["--gres=gpu:1"], &script);
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        if c.setup.cgroup {
+            assert_eq!(seen(&text).len(), 1, "{name}: {o}\n{text}");
+        } else {
+            assert!(seen(&text).is_empty(), "{name}: {o}\n{text}");
+            assert!(
+                text.contains("in no Slurm job") && text.contains("outside-slurm"),
+                "{name}: {o}\n{text}"
+            );
+        }
+    }
+}
+
+/// Issue: ssh through pam_slurm_adopt lands in the job's extern step cgroup, outside any
+/// slurmstepd's tree. Done here the way pam_slurm_adopt does it (root writes the pid into the
+/// step_extern cgroups); the container gets the job's GPUs on the node, from the prolog's
+/// record.
+fn adopted_into_extern_step(c: &Cluster) {
+    c.wait_idle(Duration::from_secs(20));
+    let mut job_cmd = c.command("srun");
+    job_cmd.args(["--gres=gpu:2", "/bin/sh", "-c", "echo JOB=$SLURM_STEP_GPUS; sleep 4"]);
+    let job = Running::start(&mut job_cmd);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let procs: Vec<std::path::PathBuf> = loop {
+        let found: Vec<_> = slurm::slurm_cgroups(&c.host)
+            .into_iter()
+            .filter_map(|d| std::fs::read_dir(d.join("uid_0")).ok())
+            .flat_map(|jobs| jobs.flatten().map(|j| j.path().join("step_extern/cgroup.procs")))
+            .filter(|p| p.exists())
+            .collect();
+        if !found.is_empty() || std::time::Instant::now() > deadline {
+            break found;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!procs.is_empty(), "no step_extern cgroup (PrologFlags=Contain)");
+    let b = own_bundle(c, "adopted", &["NVIDIA_VISIBLE_DEVICES=all"], HOSTDEV_PROBE);
+    let adopt: String = procs
+        .iter()
+        .map(|p| format!("echo $$ > {}; ", p.display()))
+        .collect();
+    let o = slurm::run(
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{adopt}exec {}", runc_line(c, &b, "adopted"))),
+        Duration::from_secs(60),
+    );
+    let j = job.finish(Duration::from_secs(30)).success();
+    let job_gpus = slurm_list(j.env().get("JOB").map(String::as_str).unwrap_or(""));
+    assert_eq!(job_gpus.len(), 2, "{j}");
+    let want: BTreeSet<u32> = c.minors_of(&job_gpus).into_iter().collect();
+    assert!(o.ok(), "{o}");
+    assert_eq!(seen(&o.stdout), want, "{o}");
+}
+
+/// Issue: an opted-out step still has a record, and the state dir exists from slurmd's
+/// start, so no step's container gets GPUs the step does not hold.
+fn opted_out_step_is_bounded(c: &Cluster) {
+    let state = c.root.join("gres-oci-state");
+    assert!(state.is_dir(), "the plugin makes {} when slurmd loads it", state.display());
+    let b = own_bundle(c, "optout", &["NVIDIA_VISIBLE_DEVICES=all"], HOSTDEV_PROBE);
+    let mut args = vec!["--gres-oci=off".to_string(), "--gres=gpu:1".to_string()];
+    args.extend(runc_args(c, &b, "optout"));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = c.srun(&refs).success();
+    assert_eq!(seen(&o.stdout).len(), 1, "{o}");
+}
+
+/// Issue: each task running its own engine (Sarus per task) gets exactly its task's GPU:
+/// under ConstrainDevices the one its task cgroup opens, otherwise the one Slurm names.
+fn per_task_engine_in_task(c: &Cluster) {
+    let probe = |t: usize| {
+        format!(
+            r#"for d in /dev/nvidia*; do case ${{d#/dev/nvidia}} in *[!0-9]*|'') ;; *) echo "T{t} DEV ${{d#/dev/nvidia}} $(cat $d 2>&1 </dev/null)";; esac; done"#
+        )
+    };
+    for t in 0..2 {
+        own_bundle(c, &format!("pt{t}"), &["NVIDIA_VISIBLE_DEVICES=all"], &probe(t));
+    }
+    let cases: [(&[&str], [usize; 2]); 2] = [
+        (&["-n2", "--gpus-per-task=1"], [0, 1]),
+        (&["-n2", "--gres=gpu:4", "--gpu-bind=map_gpu:3,1"], [3, 1]),
+    ];
+    for (args, want) in cases {
+        let script = format!(
+            "{} --root {} run --bundle {}/pt$SLURM_LOCALID pt$SLURM_LOCALID-$SLURM_JOB_ID",
+            "runc",
+            c.root.join("own-runc").display(),
+            c.root.display()
+        );
+        let o = sh(c, args, &script);
+        assert!(o.ok(), "{args:?}: {o}");
+        for (t, idx) in want.iter().enumerate() {
+            let prefix = format!("T{t} DEV ");
+            let got: BTreeSet<u32> = o
+                .stdout
+                .lines()
+                .filter_map(|l| l.strip_prefix(&prefix))
+                .filter(|l| l.contains(ENXIO))
+                .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+                .collect();
+            let all: BTreeSet<u32> = o
+                .stdout
+                .lines()
+                .filter_map(|l| l.strip_prefix(&prefix))
+                .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+                .collect();
+            let want: BTreeSet<u32> = c.minors_of(&[*idx]).into_iter().collect();
+            assert_eq!(all, want, "task {t} of {args:?}: {o}");
+            assert_eq!(got, want, "task {t} of {args:?}: {o}");
+        }
+    }
 }
 
 #[test]
@@ -649,6 +870,10 @@ fn slurm_task_none_minor_order() {
     });
     scenario("concurrent_jobs_disjoint", || concurrent_jobs_disjoint(&c));
     scenario("allocation_containment", || allocation_containment(&c));
+    scenario("forged_gpu_lists", || forged_gpu_lists(&c));
+    scenario("tree_escapes", || tree_escapes(&c));
+    scenario("opted_out_step_is_bounded", || opted_out_step_is_bounded(&c));
+    scenario("per_task_engine_in_task", || per_task_engine_in_task(&c));
     scenario("batch_steps", || batch_steps(&c));
     scenario("batch_container", || batch_container(&c));
     scenario("per_task_binding", || per_task_binding(&c));
@@ -673,6 +898,12 @@ fn slurm_constrain_devices_not_minor_order() {
         container_gets_exactly_its_gpus(&c, None)
     });
     scenario("concurrent_jobs_disjoint", || concurrent_jobs_disjoint(&c));
+    scenario("allocation_containment", || allocation_containment(&c));
+    scenario("forged_gpu_lists", || forged_gpu_lists(&c));
+    scenario("tree_escapes", || tree_escapes(&c));
+    scenario("adopted_into_extern_step", || adopted_into_extern_step(&c));
+    scenario("opted_out_step_is_bounded", || opted_out_step_is_bounded(&c));
+    scenario("per_task_engine_in_task", || per_task_engine_in_task(&c));
     scenario("batch_steps", || batch_steps(&c));
     scenario("batch_container", || batch_container(&c));
     scenario("per_task_binding", || per_task_binding(&c));

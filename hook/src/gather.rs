@@ -140,8 +140,7 @@ fn standing(config: &Config, pid: Option<i32>) -> Result<Standing> {
         };
         return Ok(Standing::Outside(why));
     };
-    let grant = allowed_gpus(&config.state_dir, proc, &step)
-        .with_context(|| describe(&step))?;
+    let grant = allowed_gpus(&config.state_dir, proc, &step)?;
     // The plugin's per-task list, as slurmstepd handed it to the task at exec. It only ever
     // narrows within the grant, so the user's ability to re-exec with other values gains
     // nothing.

@@ -101,6 +101,8 @@ enum Callback {
     TaskInitPrivileged,
     TaskInit,
     Exit,
+    JobProlog,
+    JobEpilog,
 }
 
 fn dispatch(spank: spank_t, ac: c_int, argv: *const *const c_char, cb: Callback) -> c_int {
@@ -127,6 +129,8 @@ fn dispatch(spank: spank_t, ac: c_int, argv: *const *const c_char, cb: Callback)
             Callback::TaskInitPrivileged => plugin.task_init_privileged(&mut h),
             Callback::TaskInit => plugin.task_init(&mut h),
             Callback::Exit => plugin.exit(&mut h),
+            Callback::JobProlog => plugin.job_prolog(&mut h),
+            Callback::JobEpilog => plugin.job_epilog(&mut h),
         }
     })
 }
@@ -195,6 +199,28 @@ pub unsafe extern "C" fn slurm_spank_task_init(
     av: *const *const c_char,
 ) -> c_int {
     dispatch(s, ac, av, Callback::TaskInit)
+}
+
+/// # Safety
+/// As [`slurm_spank_init`]. Run by slurmd's prolog (`slurmstepd spank prolog`), as root.
+#[no_mangle]
+pub unsafe extern "C" fn slurm_spank_job_prolog(
+    s: spank_t,
+    ac: c_int,
+    av: *const *const c_char,
+) -> c_int {
+    dispatch(s, ac, av, Callback::JobProlog)
+}
+
+/// # Safety
+/// As [`slurm_spank_init`]. Run by slurmd's epilog, as root.
+#[no_mangle]
+pub unsafe extern "C" fn slurm_spank_job_epilog(
+    s: spank_t,
+    ac: c_int,
+    av: *const *const c_char,
+) -> c_int {
+    dispatch(s, ac, av, Callback::JobEpilog)
 }
 
 #[cfg(test)]

@@ -303,14 +303,20 @@ impl GresOci {
         Ok(())
     }
 
-    /// The job's record on this node, from the prolog's environment.
-    fn job_record(&mut self, h: &SpankHandle) -> Result<(), PluginError> {
+    /// The plugstack.conf arguments, where `init` has not parsed them (the prolog and epilog).
+    fn load_site(&mut self, h: &SpankHandle) -> Result<(), PluginError> {
         if self.site.is_none() {
             let argv = h
                 .plugin_argv()
                 .map_err(|e| spank_err("plugstack.conf arguments", e))?;
             self.site = Some(SiteArgs::parse(argv)?);
         }
+        Ok(())
+    }
+
+    /// The job's record on this node, from the prolog's environment.
+    fn job_record(&mut self, h: &SpankHandle) -> Result<(), PluginError> {
+        self.load_site(h)?;
         let config = Config::load(self.site().config.as_deref())?;
         let job: u32 = std::env::var("SLURM_JOB_ID")
             .ok()
@@ -702,7 +708,11 @@ unsafe impl Plugin for GresOci {
         Ok(())
     }
 
-    fn job_epilog(&mut self, _h: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
+    fn job_epilog(&mut self, h: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
+        if let Err(e) = self.load_site(h) {
+            log(LogLevel::Error, &format!("job epilog: {e}"));
+            return Ok(());
+        }
         let site = self.site();
         if let (Ok(config), Some(job)) = (
             Config::load(site.config.as_deref()),

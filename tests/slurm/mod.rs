@@ -458,6 +458,9 @@ impl Cluster {
         if !cgroup {
             over.insert("ProctrackType", "proctrack/linuxproc".into());
             over.insert("TaskPlugin", "task/none".into());
+        } else {
+            // The extern step, as pam_slurm_adopt sites run it (needs proctrack/cgroup).
+            over.insert("PrologFlags", "Contain".into());
         }
         let mut slurm_conf = String::new();
         for line in Self::template("slurm.conf").lines() {
@@ -840,7 +843,7 @@ pub fn wait_bounded_term(child: &mut Child, limit: Duration) -> Option<ExitStatu
 }
 
 /// `/sys/fs/cgroup/<ctrl>/slurm_<host>` for every v1 hierarchy.
-fn slurm_cgroups(host: &str) -> Vec<PathBuf> {
+pub fn slurm_cgroups(host: &str) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") else {
         return Vec::new();
     };
@@ -1051,6 +1054,11 @@ pub trait Client {
     /// submission's output with `status` set to the job's exit code, and the job's output
     /// file. Polls `scontrol show job` every 50 ms (`sbatch --wait` backs off to seconds).
     fn sbatch(&self, args: &[&str], script: &str) -> (Out, String) {
+        self.sbatch_env(args, &[], script)
+    }
+
+    /// [`Client::sbatch`] with extra variables in the submitter's environment.
+    fn sbatch_env(&self, args: &[&str], env: &[(&str, &str)], script: &str) -> (Out, String) {
         let n = self.work_dir().read_dir().map(|d| d.count()).unwrap_or(0);
         let script_path = self.work_dir().join(format!("job{n}.sh"));
         std::fs::write(&script_path, format!("#!/bin/sh\n{script}\n")).unwrap();
@@ -1062,7 +1070,10 @@ pub trait Client {
         all.extend(args.iter().map(|s| s.to_string()));
         all.push(script_path.display().to_string());
         self.wait_idle(Duration::from_secs(20));
-        let mut out = run(self.command("sbatch").args(&all), Duration::from_secs(60));
+        let mut out = run(
+            self.command("sbatch").args(&all).envs(env.iter().copied()),
+            Duration::from_secs(60),
+        );
         if !out.ok() {
             return (out, String::new());
         }
