@@ -140,6 +140,9 @@ pub enum GresError {
     },
     #[error("bad GPU index list {list:?}: {reason}")]
     BadIndexList { list: String, reason: String },
+    /// A malformed line for this node, kept from parsing: it only fails the nodes it names.
+    #[error("{message}")]
+    BrokenLine { message: String },
     #[error("GPU index {index} is out of range: node {node:?} has {count} GPU(s) in gres.conf")]
     IndexOutOfRange {
         index: usize,
@@ -229,6 +232,10 @@ impl AutoDetect {
 #[derive(Debug, Clone)]
 pub struct GresConf {
     records: Vec<Record>,
+    /// Malformed lines whose `NodeName=` parses: strict for the nodes they name (as slurmd
+    /// is strict about its own lines), a warning for every other node, so that one node's
+    /// typo in a shared gres.conf does not take the whole cluster down.
+    broken: Vec<(Hostlist, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -274,6 +281,7 @@ impl GresConf {
             include,
             includes: 0,
             records: Vec::new(),
+            broken: Vec::new(),
         };
         parser.parse_text(text, source, 0)?;
         // Conflicting global modes are wrong for every node, so say so now rather than on
@@ -281,6 +289,7 @@ impl GresConf {
         pick_autodetect(parser.records.iter().filter(|r| r.nodes.is_none()))?;
         Ok(GresConf {
             records: parser.records,
+            broken: parser.broken,
         })
     }
 
@@ -298,8 +307,26 @@ impl GresConf {
         GresConf::parse(&text, path)
     }
 
+    /// The malformed lines that name other nodes than `node`, as one-line messages for a
+    /// warning.
+    pub fn skipped_for_node(&self, node: &str) -> Vec<&str> {
+        self.broken
+            .iter()
+            .filter(|(h, _)| !h.contains(node))
+            .map(|(_, m)| m.as_str())
+            .collect()
+    }
+
     /// The node's GPU devices, in index order. See the module doc for AutoDetect.
+    ///
+    /// # Errors
+    /// A malformed line for this node, or lines that do not describe its GPUs consistently.
     pub fn gpus_for_node(&self, node: &str) -> Result<Vec<GresDevice>, GresError> {
+        if let Some((_, message)) = self.broken.iter().find(|(h, _)| h.contains(node)) {
+            return Err(GresError::BrokenLine {
+                message: message.clone(),
+            });
+        }
         let auto_on = self.resolve_autodetect(node)?.is_some_and(|ad| ad.is_on());
         let mut out: Vec<GresDevice> = Vec::new();
         let mut seen: HashSet<&Path> = HashSet::new();
@@ -397,6 +424,7 @@ struct Parser<'a> {
     include: IncludeReader<'a>,
     includes: usize,
     records: Vec<Record>,
+    broken: Vec<(Hostlist, String)>,
 }
 
 impl Parser<'_> {
@@ -410,8 +438,18 @@ impl Parser<'_> {
                 self.include_file(&tokens, file, line, depth)?;
                 continue;
             }
-            let rec = parse_record(&tokens, file, line).map_err(|e| e.at(file, line))?;
-            self.records.push(rec);
+            match parse_record(&tokens, file, line) {
+                Ok(rec) => self.records.push(rec),
+                Err(e) => {
+                    let e = e.at(file, line);
+                    // A line that names its nodes only fails those nodes; one without a
+                    // readable NodeName= applies to every node, so it fails them all.
+                    match node_name_of(&tokens).map(Hostlist::parse) {
+                        Some(Ok(nodes)) => self.broken.push((nodes, e.to_string())),
+                        _ => return Err(e),
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -538,6 +576,15 @@ fn tokenize(line: &str) -> Result<Vec<String>, GresError> {
         tokens.push(current);
     }
     Ok(tokens)
+}
+
+/// The raw `NodeName=` value of a line's tokens, if it has one.
+fn node_name_of(tokens: &[String]) -> Option<&str> {
+    tokens.iter().find_map(|t| {
+        t.split_once('=')
+            .filter(|(k, _)| k.eq_ignore_ascii_case("nodename"))
+            .map(|(_, v)| v)
+    })
 }
 
 fn parse_record(tokens: &[String], file: &Path, line: usize) -> Result<Record, GresError> {
@@ -1486,6 +1533,27 @@ mod tests {
             resolve_indices(tail, &[2], "n").unwrap()[0].file,
             devs[2].file
         );
+    }
+
+    #[test]
+    fn another_nodes_broken_line_is_skipped() {
+        let text = "NodeName=n1 Name=gpu File=/dev/nvidia[0-1]\n\
+                    NodeName=n2 Name=gpu File=/dev/nvidia[0-1\n";
+        let c = GresConf::parse(text, Path::new("/etc/gres.conf")).unwrap();
+        assert_eq!(c.gpus_for_node("n1").unwrap().len(), 2);
+        let skipped = c.skipped_for_node("n1");
+        assert_eq!(skipped.len(), 1);
+        assert!(skipped[0].contains("gres.conf:2"), "{skipped:?}");
+        let e = c.gpus_for_node("n2").unwrap_err().to_string();
+        assert!(e.contains("gres.conf:2") && e.contains("unclosed"), "{e}");
+        assert!(c.skipped_for_node("n2").is_empty());
+        // Without a readable NodeName= the line is every node's: strict at once.
+        for bad in [
+            "Name=gpu File=/dev/nvidia[0-1\n",
+            "NodeName=n[1- Name=gpu File=/dev/nvidia[0-1\n",
+        ] {
+            assert!(GresConf::parse(bad, Path::new("g")).is_err(), "{bad}");
+        }
     }
 
     #[test]

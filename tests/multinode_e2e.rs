@@ -252,6 +252,41 @@ fn broken_node(c: &MultiCluster) {
         bad_no_gpu.ok() && bad_no_gpu.stdout.contains("ran"),
         "{bad_no_gpu}"
     );
+
+    // One gres.conf shared by both nodes, with a garbled line for the second: the first
+    // node skips that line (slurmd is strict only about its own lines), the second fails.
+    let shared = c.root.join("etc/gres.conf.shared-broken");
+    let good_lines: String = std::fs::read_to_string(&c.gres_conf)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.contains(&format!("NodeName={}", c.nodes[1].name())))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(
+        &shared,
+        format!(
+            "{good_lines}NodeName={} Name=gpu File={}/dev/nvidia[0-1\n",
+            c.nodes[1].name(),
+            c.nodes[1].dir.display()
+        ),
+    )
+    .unwrap();
+    c.set_plugin_gres_conf(0, &shared);
+    c.set_plugin_gres_conf(1, &shared);
+    let good = c.srun(&[
+        "-w",
+        c.nodes[0].name(),
+        "--gres=gpu:2",
+        &bundle,
+        "/bin/sh",
+        PROBE,
+    ]);
+    let bad = c.srun(&["-w", c.nodes[1].name(), "--gres=gpu:1", "echo", "ran"]);
+    c.set_plugin_gres_conf(0, &c.gres_conf);
+    c.set_plugin_gres_conf(1, &c.gres_conf);
+    let good = good.success();
+    check_container_task(&c.nodes[0], 2, &good.stdout, &good);
+    assert!(!bad.ok() && bad.stderr.contains("unclosed"), "{bad}");
 }
 
 #[test]

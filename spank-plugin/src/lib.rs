@@ -206,6 +206,12 @@ fn device_minor(path: &Path) -> Result<u32, resolve::ResolveError> {
 /// The node's GPU table from gres.conf, the device files and procfs.
 fn node_gpus(config: &Config, node: &str) -> Result<Vec<NodeGpu>, PluginError> {
     let conf = GresConf::read(&config.gres_conf)?;
+    for skipped in conf.skipped_for_node(node) {
+        log(
+            LogLevel::Info,
+            &format!("ignoring another node's malformed gres.conf line: {skipped}"),
+        );
+    }
     let inventory = gres_oci::inventory::read_procfs(&config.proc_root);
     let autodetect = conf.autodetect_for_node(node).is_some_and(|a| a.is_on());
     match conf.gpus_for_node(node) {
