@@ -286,8 +286,8 @@ fn describe(s: &StepRef) -> String {
 /// # Errors
 /// Contradicting cgroups.
 pub fn identify(proc_root: &Path, pid: i32) -> Result<Option<StepRef>, AllocationError> {
-    let text = std::fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup"))
-        .unwrap_or_default();
+    let text =
+        std::fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup")).unwrap_or_default();
     let tree = find_step(proc_root, pid);
     match (step_from_cgroups(&text)?, tree) {
         (Some(mut cg), Some(t)) if t.job == cg.job && t.step == cg.step => {
@@ -348,7 +348,11 @@ pub fn narrow(
         None => Vec::new(),
     };
     // A task list that names none of the step's GPUs is not the plugin's: ignore it.
-    let chosen = if in_task.is_empty() { in_grant } else { in_task };
+    let chosen = if in_task.is_empty() {
+        in_grant
+    } else {
+        in_task
+    };
     chosen
         .into_iter()
         .filter(|g| {
@@ -441,7 +445,10 @@ pub fn allowed_gpus(
         .transpose()?;
     if step.step == "extern" {
         return job_ids
-            .map(|ids| Grant { ids, task_pid: None })
+            .map(|ids| Grant {
+                ids,
+                task_pid: None,
+            })
             .ok_or_else(no_record);
     }
     let fresh = |r: &Record| {
@@ -454,7 +461,9 @@ pub fn allowed_gpus(
         Some(found) => found,
         None => {
             let path = state_dir.join(format!("{}.{}.json", step.job, step.step));
-            let r = read_record(&path)?.filter(|r| fresh(r)).ok_or_else(no_record)?;
+            let r = read_record(&path)?
+                .filter(|r| fresh(r))
+                .ok_or_else(no_record)?;
             (path, r)
         }
     };
@@ -763,7 +772,10 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("job 3 step 0") && e.contains("job 4 step 0"), "{e}");
+        assert!(
+            e.contains("job 3 step 0") && e.contains("job 4 step 0"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -790,7 +802,10 @@ mod tests {
         let s = identify(t.path(), 95).unwrap().unwrap();
         assert_eq!((s.job, s.stepd_pid, s.task_id), (7, None, None));
         // No Slurm cgroup: the tree alone.
-        assert_eq!(identify(t.path(), 40).unwrap(), Some(by_tree(7, "0", 20, 30)));
+        assert_eq!(
+            identify(t.path(), 40).unwrap(),
+            Some(by_tree(7, "0", 20, 30))
+        );
         proc_entry(t.path(), 96, 1, "ctr", 1000, "ctr");
         assert_eq!(identify(t.path(), 96).unwrap(), None);
     }
@@ -798,7 +813,9 @@ mod tests {
     #[test]
     fn devices_list() {
         let task = "c 1:3 rwm\nc 195:255 rwm\nc 195:2 rwm\nc 195:0 r\nb 195:1 rwm\nc 10:200 rwm\n";
-        let allowed: Vec<u32> = (0..4).filter(|m| devices_list_allows(task, 195, *m)).collect();
+        let allowed: Vec<u32> = (0..4)
+            .filter(|m| devices_list_allows(task, 195, *m))
+            .collect();
         assert_eq!(allowed, vec![2]);
         assert!(devices_list_allows(task, 195, 255));
         assert!(!devices_list_allows(task, 196, 2));
@@ -831,19 +848,37 @@ mod tests {
         };
         let mut devs = HostDevices::new();
         for m in 0..3 {
-            devs.insert(format!("nvidia{m}"), DevNum { major: 195, minor: m });
+            devs.insert(
+                format!("nvidia{m}"),
+                DevNum {
+                    major: 195,
+                    minor: m,
+                },
+            );
         }
         let names = |v: Vec<PhysicalId>| v.iter().map(ToString::to_string).collect::<Vec<_>>();
         let step = [PhysicalId::Minor(0), PhysicalId::Minor(2)];
-        assert_eq!(names(narrow(&step, None, None, &inv, &devs)), ["GPU-a", "GPU-c"]);
+        assert_eq!(
+            names(narrow(&step, None, None, &inv, &devs)),
+            ["GPU-a", "GPU-c"]
+        );
         let task = [PhysicalId::Uuid("GPU-c".into())];
-        assert_eq!(names(narrow(&step, Some(&task), None, &inv, &devs)), ["GPU-c"]);
+        assert_eq!(
+            names(narrow(&step, Some(&task), None, &inv, &devs)),
+            ["GPU-c"]
+        );
         // The task list never widens: GPU-b is not the step's, so it is ignored.
         let forged = [PhysicalId::Uuid("GPU-b".into())];
-        assert_eq!(names(narrow(&step, Some(&forged), None, &inv, &devs)), ["GPU-a", "GPU-c"]);
+        assert_eq!(
+            names(narrow(&step, Some(&forged), None, &inv, &devs)),
+            ["GPU-a", "GPU-c"]
+        );
         // The task cgroup has the last word.
         let list = "c 195:0 rwm\nc 195:255 rwm\n";
-        assert_eq!(names(narrow(&step, None, Some(list), &inv, &devs)), ["GPU-a"]);
+        assert_eq!(
+            names(narrow(&step, None, Some(list), &inv, &devs)),
+            ["GPU-a"]
+        );
         assert!(narrow(&step, Some(&task), Some(list), &inv, &devs).is_empty());
     }
 
@@ -880,11 +915,17 @@ mod tests {
         let e = allowed_gpus(d.path(), t.path(), &step)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("job 7 step 0") && e.contains("SPANK plugin"), "{e}");
+        assert!(
+            e.contains("job 7 step 0") && e.contains("SPANK plugin"),
+            "{e}"
+        );
         // The step record.
         write(d.path(), &rec(7, "0", 20, None, &["minor:1", "minor:3"]));
         let g = allowed_gpus(d.path(), t.path(), &step).unwrap();
-        assert_eq!((ids(&g), g.task_pid), (vec!["minor:1".into(), "minor:3".into()], None));
+        assert_eq!(
+            (ids(&g), g.task_pid),
+            (vec!["minor:1".into(), "minor:3".into()], None)
+        );
         // The task's own record, found by pid (process tree) and by id (cgroup).
         write(d.path(), &rec(7, "0", 20, Some((1, 30)), &["minor:3"]));
         let g = allowed_gpus(d.path(), t.path(), &step).unwrap();
@@ -895,14 +936,20 @@ mod tests {
             task_id: Some(1),
             ..step.clone()
         };
-        assert_eq!(allowed_gpus(d.path(), t.path(), &by_cg).unwrap().task_pid, Some(30));
+        assert_eq!(
+            allowed_gpus(d.path(), t.path(), &by_cg).unwrap().task_pid,
+            Some(30)
+        );
         // The job record bounds every step.
         write(d.path(), &rec(7, JOB_RECORD, 0, None, &["minor:3"]));
         let step_only = StepRef {
             task_pid: None,
             ..step.clone()
         };
-        assert_eq!(ids(&allowed_gpus(d.path(), t.path(), &step_only).unwrap()), vec!["minor:3"]);
+        assert_eq!(
+            ids(&allowed_gpus(d.path(), t.path(), &step_only).unwrap()),
+            vec!["minor:3"]
+        );
         // The extern step gets the job's GPUs, and nothing without the job record.
         let ext = StepRef {
             step: "extern".into(),
@@ -910,7 +957,10 @@ mod tests {
             task_pid: None,
             ..step.clone()
         };
-        assert_eq!(ids(&allowed_gpus(d.path(), t.path(), &ext).unwrap()), vec!["minor:3"]);
+        assert_eq!(
+            ids(&allowed_gpus(d.path(), t.path(), &ext).unwrap()),
+            vec!["minor:3"]
+        );
         remove_job(d.path(), 7);
         assert!(allowed_gpus(d.path(), t.path(), &ext).is_err());
         // A record left by an earlier slurmstepd with the same ids grants nothing, nor does one
@@ -981,6 +1031,9 @@ mod tests {
         sweep_stale(d.path(), t.path());
         assert!(d.path().join("7.0.json").exists());
         assert!(!d.path().join("6.0.json").exists());
-        assert!(d.path().join("6.job.json").exists(), "the epilog's to remove");
+        assert!(
+            d.path().join("6.job.json").exists(),
+            "the epilog's to remove"
+        );
     }
 }

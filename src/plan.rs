@@ -817,7 +817,15 @@ mod tests {
                 "{forged:?}: {e}"
             );
         }
-        let deny = |env: &[&str]| plan_with(env, &c, Layout::Debian, &inv, Allocation::Denied("the node's policy"));
+        let deny = |env: &[&str]| {
+            plan_with(
+                env,
+                &c,
+                Layout::Debian,
+                &inv,
+                Allocation::Denied("the node's policy"),
+            )
+        };
         assert!(deny(&["NVIDIA_VISIBLE_DEVICES=all"])
             .unwrap_err()
             .to_string()

@@ -513,7 +513,8 @@ fn own_bundle(c: &Cluster, name: &str, env: &[&str], script: &str) -> std::path:
         // Under ConstrainDevices runc 1.1 cannot write its default device rules below the
         // task's cgroup; with one allow-all rule it writes none, and the container keeps the
         // task cgroup's limits (as the plugin's spool patch does for `--container`).
-        spec["linux"]["resources"]["devices"] = serde_json::json!([{"allow": true, "access": "rwm"}]);
+        spec["linux"]["resources"]["devices"] =
+            serde_json::json!([{"allow": true, "access": "rwm"}]);
     }
     spec["hooks"] = serde_json::json!({"prestart": [{
         "path": slurm::hook_bin(),
@@ -675,14 +676,21 @@ fn forged_gpu_lists(c: &Cluster) {
             &format!("{}\n", runc_line(c, &b, "forge-batch")),
         );
         assert!(o.ok(), "{export}: {o}\n{text}");
-        assert_eq!(seen(&text).len(), 1, "{export}: the batch step's container\n{text}");
+        assert_eq!(
+            seen(&text).len(),
+            1,
+            "{export}: the batch step's container\n{text}"
+        );
     }
     // sbatch from inside a GPU step: the inner batch job inherits the outer step's genuine
     // lists, which name GPUs the inner job does not have.
     let inner = c.root.join("work/inner.sh");
     std::fs::write(
         &inner,
-        format!("#!/bin/sh\necho INNER=$SLURM_JOB_GPUS\n{}\n", runc_line(c, &b, "forge-inner")),
+        format!(
+            "#!/bin/sh\necho INNER=$SLURM_JOB_GPUS\n{}\n",
+            runc_line(c, &b, "forge-inner")
+        ),
     )
     .unwrap();
     let out = c.root.join("work/inner.out");
@@ -754,14 +762,22 @@ fn tree_escapes(c: &Cluster) {
 fn adopted_into_extern_step(c: &Cluster) {
     c.wait_idle(Duration::from_secs(20));
     let mut job_cmd = c.command("srun");
-    job_cmd.args(["--gres=gpu:2", "/bin/sh", "-c", "echo JOB=$SLURM_STEP_GPUS; sleep 4"]);
+    job_cmd.args([
+        "--gres=gpu:2",
+        "/bin/sh",
+        "-c",
+        "echo JOB=$SLURM_STEP_GPUS; sleep 4",
+    ]);
     let job = Running::start(&mut job_cmd);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let procs: Vec<std::path::PathBuf> = loop {
         let found: Vec<_> = slurm::slurm_cgroups(&c.host)
             .into_iter()
             .filter_map(|d| std::fs::read_dir(d.join("uid_0")).ok())
-            .flat_map(|jobs| jobs.flatten().map(|j| j.path().join("step_extern/cgroup.procs")))
+            .flat_map(|jobs| {
+                jobs.flatten()
+                    .map(|j| j.path().join("step_extern/cgroup.procs"))
+            })
             .filter(|p| p.exists())
             .collect();
         if !found.is_empty() || std::time::Instant::now() > deadline {
@@ -769,7 +785,10 @@ fn adopted_into_extern_step(c: &Cluster) {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert!(!procs.is_empty(), "no step_extern cgroup (PrologFlags=Contain)");
+    assert!(
+        !procs.is_empty(),
+        "no step_extern cgroup (PrologFlags=Contain)"
+    );
     let b = own_bundle(c, "adopted", &["NVIDIA_VISIBLE_DEVICES=all"], HOSTDEV_PROBE);
     let adopt: String = procs
         .iter()
@@ -793,7 +812,11 @@ fn adopted_into_extern_step(c: &Cluster) {
 /// start, so no step's container gets GPUs the step does not hold.
 fn opted_out_step_is_bounded(c: &Cluster) {
     let state = c.root.join("gres-oci-state");
-    assert!(state.is_dir(), "the plugin makes {} when slurmd loads it", state.display());
+    assert!(
+        state.is_dir(),
+        "the plugin makes {} when slurmd loads it",
+        state.display()
+    );
     let b = own_bundle(c, "optout", &["NVIDIA_VISIBLE_DEVICES=all"], HOSTDEV_PROBE);
     let mut args = vec!["--gres-oci=off".to_string(), "--gres=gpu:1".to_string()];
     args.extend(runc_args(c, &b, "optout"));
@@ -811,7 +834,12 @@ fn per_task_engine_in_task(c: &Cluster) {
         )
     };
     for t in 0..2 {
-        own_bundle(c, &format!("pt{t}"), &["NVIDIA_VISIBLE_DEVICES=all"], &probe(t));
+        own_bundle(
+            c,
+            &format!("pt{t}"),
+            &["NVIDIA_VISIBLE_DEVICES=all"],
+            &probe(t),
+        );
     }
     let cases: [(&[&str], [usize; 2]); 2] = [
         (&["-n2", "--gpus-per-task=1"], [0, 1]),
@@ -872,7 +900,9 @@ fn slurm_task_none_minor_order() {
     scenario("allocation_containment", || allocation_containment(&c));
     scenario("forged_gpu_lists", || forged_gpu_lists(&c));
     scenario("tree_escapes", || tree_escapes(&c));
-    scenario("opted_out_step_is_bounded", || opted_out_step_is_bounded(&c));
+    scenario("opted_out_step_is_bounded", || {
+        opted_out_step_is_bounded(&c)
+    });
     scenario("per_task_engine_in_task", || per_task_engine_in_task(&c));
     scenario("batch_steps", || batch_steps(&c));
     scenario("batch_container", || batch_container(&c));
@@ -902,7 +932,9 @@ fn slurm_constrain_devices_not_minor_order() {
     scenario("forged_gpu_lists", || forged_gpu_lists(&c));
     scenario("tree_escapes", || tree_escapes(&c));
     scenario("adopted_into_extern_step", || adopted_into_extern_step(&c));
-    scenario("opted_out_step_is_bounded", || opted_out_step_is_bounded(&c));
+    scenario("opted_out_step_is_bounded", || {
+        opted_out_step_is_bounded(&c)
+    });
     scenario("per_task_engine_in_task", || per_task_engine_in_task(&c));
     scenario("batch_steps", || batch_steps(&c));
     scenario("batch_container", || batch_container(&c));

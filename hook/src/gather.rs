@@ -191,8 +191,9 @@ fn read_devices_list(rel: &str) -> Result<String> {
     match crate::cgroup::locate(&format!("0:devices:{rel}"), &mountinfo)? {
         crate::cgroup::DeviceCgroup::V1(dir) => {
             let list = dir.join("devices.list");
-            std::fs::read_to_string(&list)
-                .with_context(|| format!("{}: cannot read the task's device cgroup", list.display()))
+            std::fs::read_to_string(&list).with_context(|| {
+                format!("{}: cannot read the task's device cgroup", list.display())
+            })
         }
         crate::cgroup::DeviceCgroup::V2 => bail!("devices cgroup {rel} is not a v1 hierarchy"),
     }

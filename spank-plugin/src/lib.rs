@@ -684,7 +684,11 @@ unsafe impl Plugin for GresOci {
     fn task_init_privileged(&mut self, h: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
         // Nothing to record for a step we do not serve, or one whose GPUs were not resolved;
         // an error from user_init is reported by task_init.
-        let Some(step) = self.step.clone().filter(|s| !s.state_dir.as_os_str().is_empty()) else {
+        let Some(step) = self
+            .step
+            .clone()
+            .filter(|s| !s.state_dir.as_os_str().is_empty())
+        else {
             return Ok(());
         };
         if self.deferred.is_some() {
