@@ -907,7 +907,7 @@ fn outside_slurm_deny_policy() {
     let o = b.run(Runtime::Runc);
     assert!(!o.status.success(), "{}", text(&o));
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("not in a Slurm step"),
+        String::from_utf8_lossy(&o.stderr).contains("in no Slurm job"),
         "{}",
         text(&o)
     );
