@@ -130,11 +130,22 @@ impl std::ops::Deref for PodmanSeen {
 /// `podman [global] run … --rootfs <fresh busybox rootfs> /bin/sh -c PROBE` with the node's
 /// device dir at /hostdev and an output dir at /out.
 fn podman_run(node: &FakeNode, global: &[&str], run_args: &[String]) -> (Output, PodmanSeen) {
+    podman_run_with(node, global, run_args, |_| {})
+}
+
+/// [`podman_run`], with `prepare` applied to the rootfs first.
+fn podman_run_with(
+    node: &FakeNode,
+    global: &[&str],
+    run_args: &[String],
+    prepare: impl FnOnce(&Path),
+) -> (Output, PodmanSeen) {
     let rootfs = tempfile::Builder::new()
         .prefix("gres-oci-podman-rootfs")
         .tempdir()
         .unwrap();
     busybox_rootfs(rootfs.path(), true);
+    prepare(rootfs.path());
     let out = tempfile::tempdir().unwrap();
     let o = Command::new("podman")
         .args(global)
@@ -403,4 +414,48 @@ fn cdi_mig_device_gets_its_parent_and_capability_nodes() {
         assert_eq!(seen.nodes(), want, "{name}: {:#?}", seen.lines);
         assert!(seen.open("/dev/nvidia0").contains(ENXIO), "{name}");
     }
+}
+
+/// The hooks.d prestart hook under podman: an image library dir linked onto a `-v` bind mount
+/// of a host directory is refused with one line naming the path, and nothing is created in
+/// the host directory.
+#[test]
+fn podman_image_link_onto_a_bind_mount_is_refused() {
+    let node = setup();
+    let dir = hooks_dir_for(&node);
+    let d = dir.path().display().to_string();
+    let shm = tempfile::Builder::new()
+        .prefix("gres-oci-shm")
+        .tempdir()
+        .unwrap();
+    let args: Vec<String> = [
+        "--annotation",
+        "org.gres-oci.gpus=1",
+        "-e",
+        "NVIDIA_VISIBLE_DEVICES=0",
+        "-v",
+        &format!("{}:/mnt/shm", shm.path().display()),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (o, _seen) = podman_run_with(&node, &["--hooks-dir", &d], &args, |rootfs| {
+        std::fs::create_dir_all(rootfs.join("mnt/shm")).unwrap();
+        std::fs::create_dir_all(rootfs.join("usr/lib")).unwrap();
+        std::os::unix::fs::symlink("/mnt/shm", rootfs.join(&LIBDIR[1..])).unwrap();
+    });
+    assert!(!o.status.success(), "{}", text(&o));
+    let log = node.log();
+    assert!(
+        log.lines().any(|l| l.contains(" ERROR ")
+            && l.contains(&format!("{LIBDIR}/"))
+            && l.contains("on another mount than the container's root filesystem")
+            && l.contains("refusing to create it")),
+        "{log}"
+    );
+    assert_eq!(
+        tree(shm.path()),
+        Vec::<String>::new(),
+        "host directory changed"
+    );
 }

@@ -992,3 +992,169 @@ fn linker_cache_in_process_and_fallback() {
         );
     }
 }
+
+/// Builds a real shared library with `soname` at `path` (ldconfig ignores non-ELF files).
+fn shared_lib(path: &Path, soname: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("l.c");
+    std::fs::write(&src, "int lib_marker(void) { return 1; }\n").unwrap();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let st = Command::new("cc")
+        .args(["-shared", "-fPIC", &format!("-Wl,-soname,{soname}"), "-o"])
+        .arg(path)
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// Image links that lead onto the bundle's bind mount of a host directory, or onto the
+/// runtime's procfs, are refused with one line naming the path and the reason: nothing is
+/// created in the host directory and nothing is read from it or from procfs.
+#[test]
+fn image_links_onto_other_mounts_are_refused() {
+    let node = setup();
+    let mut logged = 0;
+    for rt in [Runtime::Runc, Runtime::Crun] {
+        // (debian layout, image link, its target, the message expected)
+        let cases: [(bool, &str, &str, &str); 4] = [
+            (
+                false,
+                "usr/lib64",
+                "/mnt/shm",
+                "on another mount than the container's root filesystem",
+            ),
+            (
+                true,
+                "etc/ld.so.cache",
+                "/mnt/shm/ld.so.cache",
+                "on another mount than the container's root filesystem",
+            ),
+            (true, "etc/ld.so.cache", "/proc/self/mountinfo", "on procfs"),
+            // Reading /proc/kmsg would drain the host's kernel log: the path is refused
+            // while resolving it, before any open of the file itself.
+            (true, "etc/ld.so.cache", "/proc/kmsg", "on procfs"),
+        ];
+        for (debian, link, target, why) in cases {
+            let shm = tempfile::Builder::new()
+                .prefix("gres-oci-shm")
+                .tempdir()
+                .unwrap();
+            // A valid linker cache in the host directory, naming a library only the host has.
+            let hostroot = tempfile::tempdir().unwrap();
+            shared_lib(
+                &hostroot.path().join("usr/lib64/libhostonly.so.1"),
+                "libhostonly.so.1",
+            );
+            std::fs::create_dir_all(hostroot.path().join("etc")).unwrap();
+            std::fs::write(hostroot.path().join("etc/ld.so.conf"), "/usr/lib64\n").unwrap();
+            let st = Command::new("ldconfig")
+                .arg("-r")
+                .arg(hostroot.path())
+                .status()
+                .unwrap();
+            assert!(st.success());
+            std::fs::copy(
+                hostroot.path().join("etc/ld.so.cache"),
+                shm.path().join("ld.so.cache"),
+            )
+            .unwrap();
+            let before = tree(shm.path());
+            let (mut b, _out) = Case {
+                node: &node,
+                env: &["NVIDIA_VISIBLE_DEVICES=0"],
+                readonly: false,
+                debian,
+            }
+            .bundle();
+            b.spec["mounts"]
+                .as_array_mut()
+                .unwrap()
+                .push(serde_json::json!({
+                    "destination": "/mnt/shm", "type": "bind",
+                    "source": shm.path(), "options": ["rbind", "rw"]
+                }));
+            b.write();
+            std::fs::create_dir_all(b.rootfs().join("mnt/shm")).unwrap();
+            let l = b.rootfs().join(link);
+            std::fs::create_dir_all(l.parent().unwrap()).unwrap();
+            let _ = std::fs::remove_file(&l);
+            std::os::unix::fs::symlink(target, &l).unwrap();
+            let o = b.run(rt);
+            let what = format!("{} {link} -> {target}", rt.name());
+            assert!(!o.status.success(), "{what}: {}", text(&o));
+            // One line naming the path and the reason: on stderr (runc shows a failing
+            // hook's stderr, crun only its exit code) and in the hook's log.
+            let shown = format!("/{link}");
+            let says = |l: &str| l.contains(&shown) && l.contains(why) && l.contains("refusing to");
+            if rt == Runtime::Runc {
+                let err = String::from_utf8_lossy(&o.stderr);
+                assert!(
+                    err.lines().any(|l| l.contains("gres-oci-hook:") && says(l)),
+                    "{what}: {}",
+                    text(&o)
+                );
+            }
+            let log = node.log();
+            let errors: Vec<&str> = log.lines().filter(|l| l.contains(" ERROR ")).collect();
+            assert_eq!(errors.len(), logged + 1, "{what}: {log}");
+            assert!(says(errors[logged]), "{what}: {log}");
+            logged += 1;
+            assert_eq!(tree(shm.path()), before, "{what}: host directory changed");
+        }
+    }
+}
+
+/// The fallback `ldconfig` (forced by an image whose /etc/ld.so.cache is a FIFO) runs without
+/// the capabilities the image could abuse: an image `ld.so.conf` naming `/proc/1/root/<host
+/// dir>` (the runtime's init, whose root is still the host's) gets nothing from the host,
+/// while the cache still gains the driver's and keeps the image's libraries.
+#[test]
+fn linker_cache_helper_is_confined() {
+    let node = setup();
+    node.edit_config(|c| c.replace("[gres-oci]", "[gres-oci]\nlog-level = \"debug\""));
+    let host = tempfile::Builder::new()
+        .prefix("gres-oci-hostlib")
+        .tempdir()
+        .unwrap();
+    shared_lib(&host.path().join("libhostonly.so.1"), "libhostonly.so.1");
+    for rt in [Runtime::Runc, Runtime::Crun] {
+        let (b, out) = Case {
+            node: &node,
+            env: &["NVIDIA_VISIBLE_DEVICES=0"],
+            readonly: false,
+            debian: true,
+        }
+        .bundle();
+        shared_lib(
+            &b.rootfs().join("usr/lib/x86_64-linux-gnu/libimage.so.1.0"),
+            "libimage.so.1",
+        );
+        std::fs::write(
+            b.rootfs().join("etc/ld.so.conf"),
+            format!(
+                "/usr/lib/x86_64-linux-gnu\n/proc/1/root{}\n",
+                host.path().display()
+            ),
+        )
+        .unwrap();
+        let cache = b.rootfs().join("etc/ld.so.cache");
+        let st = Command::new("mkfifo").arg(&cache).status().unwrap();
+        assert!(st.success());
+        let o = b.run(rt);
+        assert!(o.status.success(), "{}: {}", rt.name(), text(&o));
+        let cache = gres_oci::ldcache::LdCache::read(&out.path().join("ld.so.cache")).unwrap();
+        let keys: BTreeSet<&str> = cache.entries.iter().map(|e| e.key.as_str()).collect();
+        assert!(
+            keys.contains("libcuda.so.1") && keys.contains("libimage.so.1"),
+            "{}: {keys:?}",
+            rt.name()
+        );
+        assert!(
+            !keys.contains("libhostonly.so.1"),
+            "{}: ldconfig read a host directory through /proc/1/root: {keys:?}",
+            rt.name()
+        );
+        assert!(node.log().contains("running ldconfig"), "{}", node.log());
+    }
+}
