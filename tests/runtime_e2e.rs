@@ -531,6 +531,90 @@ fn hook_command_line_contract() {
     );
 }
 
+/// Non-ASCII text in the container's variables, and bytes that are not UTF-8 at all in its
+/// config.json, stop the container with one line from the hook and exit 1: never a panic
+/// (exit 101 with a backtrace), in runc and in crun.
+#[test]
+fn non_ascii_container_input_is_a_one_line_error() {
+    let node = setup();
+    let cases: [(&[&str], &str); 5] = [
+        (&["GRES_OCI_GPUS=ab€"], "ab€"),
+        (&["GRES_OCI_GPUS=GPU€"], "GPU€"),
+        (&["NVIDIA_VISIBLE_DEVICES=ab€"], "ab€"),
+        (
+            &["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_DRIVER_CAPABILITIES=€"],
+            "€",
+        ),
+        (
+            &["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_REQUIRE_CUDA=cuda>=1€"],
+            "€",
+        ),
+    ];
+    for rt in [Runtime::Runc, Runtime::Crun] {
+        for (env, needle) in cases {
+            let (b, _out) = Case {
+                node: &node,
+                env,
+                readonly: false,
+                debian: true,
+            }
+            .bundle();
+            let before = node.log();
+            let o = b.run(rt);
+            assert!(!o.status.success(), "{} {env:?}: {}", rt.name(), text(&o));
+            one_line_hook_failure(rt, &o, &node, &before, needle);
+        }
+        // Raw bytes that are not UTF-8 in an env value: runc takes them and the hook reports
+        // config.json; crun's JSON parser refuses the file before any hook runs.
+        if rt == Runtime::Crun {
+            continue;
+        }
+        let (b, _out) = Case {
+            node: &node,
+            env: &["NVIDIA_VISIBLE_DEVICES=0", "GRES_OCI_GPUS=PLACEHOLDER"],
+            readonly: false,
+            debian: true,
+        }
+        .bundle();
+        let cfg = std::fs::read(b.path().join("config.json")).unwrap();
+        let at = cfg.windows(11).position(|w| w == b"PLACEHOLDER").unwrap();
+        let mut bad = cfg[..at].to_vec();
+        bad.extend_from_slice(b"ab\xe2\x82\xff\xc3");
+        bad.extend_from_slice(&cfg[at + 11..]);
+        std::fs::write(b.path().join("config.json"), bad).unwrap();
+        let before = node.log();
+        let o = b.run(rt);
+        assert!(!o.status.success(), "{}: {}", rt.name(), text(&o));
+        one_line_hook_failure(rt, &o, &node, &before, "config.json");
+    }
+}
+
+/// The hook exited 1 (not 101, a panic) and said why in one line, on the runtime's stderr for
+/// runc and in the hook's log for crun (which keeps the hook's stderr to itself).
+fn one_line_hook_failure(
+    rt: Runtime,
+    o: &std::process::Output,
+    node: &FakeNode,
+    log_before: &str,
+    needle: &str,
+) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("panicked"), "{}", text(o));
+    match rt {
+        Runtime::Runc => assert!(err.contains("exit status 1,"), "{}", text(o)),
+        Runtime::Crun => assert!(err.contains("(exit code: 1)"), "{}", text(o)),
+    }
+    let log = node.log();
+    let new = log.strip_prefix(log_before).unwrap_or(&log);
+    let lines: Vec<&str> = new.lines().collect();
+    assert_eq!(lines.len(), 1, "{}: {new}", rt.name());
+    assert!(
+        lines[0].contains("ERROR") && lines[0].contains(needle),
+        "{}: {new}",
+        rt.name()
+    );
+}
+
 /// The shipped Sarus hooks.d entry, with its paths pointed at this build and fake node, drives
 /// a runc container as Sarus would.
 #[test]
