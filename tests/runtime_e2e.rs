@@ -975,6 +975,119 @@ fn image_environment_does_not_reach_helpers() {
     );
 }
 
+/// Every hook entry gres-oci writes or ships, at each stage it names: the CDI spec's
+/// createContainer `update-ldcache` hook (with the spec's mounts, as an engine applies them),
+/// the hooks.d files (podman's and Sarus's) and the entry the plugin adds to a Slurm bundle.
+/// The image's `LD_PRELOAD`, `LD_AUDIT` and `LD_LIBRARY_PATH` name its own libraries; none of
+/// them may run in any process the runtime starts for those entries, with runc 1.1 (which
+/// gives an entry without `env` the container's environment at createContainer) and crun.
+#[test]
+fn image_loader_variables_never_reach_hook_entries() {
+    let node = setup();
+    let trap = LoaderTrap::new();
+    let control = tempfile::tempdir().unwrap();
+    trap.self_test(control.path());
+
+    // (what, stage, entry, extra bundle mounts)
+    let mut entries: Vec<(String, String, serde_json::Value, Vec<serde_json::Value>)> = Vec::new();
+    let cdi_dir = tempfile::tempdir().unwrap();
+    let cdi_file = cdi_dir.path().join("spec.json");
+    let o = Command::new(hook_bin())
+        .arg(format!("-config={}", node.config().display()))
+        .args(["cdi", "generate", "--output"])
+        .arg(&cdi_file)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let cdi: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cdi_file).unwrap()).unwrap();
+    let edits = &cdi["containerEdits"];
+    let mounts: Vec<serde_json::Value> = edits["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            serde_json::json!({"destination": m["containerPath"], "source": m["hostPath"],
+                "type": "bind", "options": m["options"]})
+        })
+        .collect();
+    let cdi_hooks = edits["hooks"].as_array().unwrap();
+    assert!(!cdi_hooks.is_empty(), "{cdi}");
+    for h in cdi_hooks {
+        let mut entry = h.clone();
+        let stage = entry.as_object_mut().unwrap().remove("hookName").unwrap();
+        entries.push((
+            "CDI spec".into(),
+            stage.as_str().unwrap().to_owned(),
+            entry,
+            mounts.clone(),
+        ));
+    }
+    for f in ["gres-oci-podman.json", "gres-oci.json"] {
+        let file: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(repo().join("slurm-conf/hooks.d").join(f)).unwrap(),
+        )
+        .unwrap();
+        let mut entry = file["hook"].clone();
+        entry["path"] = serde_json::json!(hook_bin());
+        for a in entry["args"].as_array_mut().unwrap() {
+            if a.as_str().is_some_and(|s| s.starts_with("-config=")) {
+                *a = serde_json::json!(format!("-config={}", node.config().display()));
+            }
+        }
+        for stage in file["stages"].as_array().unwrap() {
+            entries.push((
+                format!("hooks.d/{f}"),
+                stage.as_str().unwrap().to_owned(),
+                entry.clone(),
+                Vec::new(),
+            ));
+        }
+    }
+    // The plugin's entry for a Slurm 22.05 bundle (spank-plugin/src/spool.rs builds the same).
+    entries.push((
+        "plugin's bundle entry".into(),
+        "prestart".into(),
+        serde_json::json!({"path": hook_bin(),
+            "args": [hook_bin(), format!("-config={}", node.config().display()), "prestart"],
+            "env": gres_oci::HOOK_ENV}),
+        Vec::new(),
+    ));
+
+    for rt in [Runtime::Runc, Runtime::Crun] {
+        for (what, stage, entry, mounts) in &entries {
+            let (mut b, out) = Case {
+                node: &node,
+                env: &["NVIDIA_VISIBLE_DEVICES=0"],
+                readonly: false,
+                debian: true,
+            }
+            .bundle();
+            let env = trap.install(&b.rootfs());
+            let spec_env = b.spec["process"]["env"].as_array_mut().unwrap();
+            spec_env.extend(env.iter().map(|e| serde_json::json!(e)));
+            b.spec["mounts"]
+                .as_array_mut()
+                .unwrap()
+                .extend(mounts.clone());
+            b.spec["hooks"] = serde_json::json!({ stage.as_str(): [entry] });
+            b.write();
+            let o = b.run(rt);
+            let ctx = format!("{} {what} at {stage}", rt.name());
+            assert!(o.status.success(), "{ctx}: {}", text(&o));
+            let fired = trap.fired();
+            assert!(
+                fired.is_empty(),
+                "{ctx}: the image's libraries ran on the host: {fired:?}"
+            );
+            if what == "CDI spec" {
+                // The hook did run: the links and the linker cache are there.
+                check_ldcache(out.path(), "/usr/lib/x86_64-linux-gnu");
+            }
+        }
+    }
+}
+
 /// `outside-slurm = "deny"`: a container that no Slurm step started gets no GPU, whatever it
 /// asks for, and says why.
 #[test]
