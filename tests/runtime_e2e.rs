@@ -615,6 +615,95 @@ fn one_line_hook_failure(
     );
 }
 
+/// config.json is read for what the hook uses and no more: a bundle without `process.user`
+/// (which the runtimes accept) or with a field the hook never reads in a shape it does not
+/// know still gets its GPU, in runc and crun and through `plan`; a wrong value in a field the
+/// hook reads is one line naming the file and the field.
+#[test]
+fn config_json_is_read_only_where_the_hook_uses_it() {
+    let node = setup();
+    let cfg = format!("-config={}", node.config().display());
+    for rt in [Runtime::Runc, Runtime::Crun] {
+        let (mut b, _out) = Case {
+            node: &node,
+            env: &["NVIDIA_VISIBLE_DEVICES=3"],
+            readonly: false,
+            debian: true,
+        }
+        .bundle();
+        b.spec["process"].as_object_mut().unwrap().remove("user");
+        b.spec["org.example.extension"] = serde_json::json!([1, {"user": 7}]);
+        b.write();
+        let o = b.run(rt);
+        assert!(o.status.success(), "{}: {}", rt.name(), text(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            out.contains("node /dev/nvidia1"),
+            "{}: {}",
+            rt.name(),
+            text(&o)
+        );
+    }
+    let plan = |b: &Bundle| hook(&[&cfg, "plan", "--bundle", b.path().to_str().unwrap()], b"");
+    let b = {
+        let (mut b, _out) = Case {
+            node: &node,
+            env: &["NVIDIA_VISIBLE_DEVICES=3"],
+            readonly: false,
+            debian: true,
+        }
+        .bundle();
+        b.spec["process"].as_object_mut().unwrap().remove("user");
+        b.spec["process"]["capabilities"] = serde_json::json!("not an object");
+        b.write();
+        b
+    };
+    let o = plan(&b);
+    assert!(o.status.success(), "{}", text(&o));
+    // Wrong values where the hook reads: one line, exit 1, the file and the field named.
+    for (edit, field) in [
+        (serde_json::json!({"root": {"path": 3}}), "root.path"),
+        (
+            serde_json::json!({"process": {"env": "A=1"}}),
+            "process.env",
+        ),
+        (
+            serde_json::json!({"process": {"env": ["A=1", 2]}}),
+            "process.env[1]",
+        ),
+        (serde_json::json!({"process": []}), "process"),
+        (
+            serde_json::json!({"linux": {"resources": {"devices": [{"allow": "yes"}]}}}),
+            "linux.resources.devices",
+        ),
+    ] {
+        let mut spec = b.spec.clone();
+        for (k, v) in edit.as_object().unwrap() {
+            match (spec.get_mut(k), v) {
+                (Some(serde_json::Value::Object(have)), serde_json::Value::Object(want)) => {
+                    for (k2, v2) in want {
+                        have.insert(k2.clone(), v2.clone());
+                    }
+                }
+                _ => spec[k] = v.clone(),
+            }
+        }
+        std::fs::write(
+            b.path().join("config.json"),
+            serde_json::to_vec(&spec).unwrap(),
+        )
+        .unwrap();
+        let o = plan(&b);
+        assert_eq!(o.status.code(), Some(1), "{field}: {}", text(&o));
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(e.trim_end().lines().count(), 1, "{field}: {e}");
+        assert!(
+            e.contains("config.json") && e.contains(field),
+            "{field}: {e}"
+        );
+    }
+}
+
 /// The shipped Sarus hooks.d entry, with its paths pointed at this build and fake node, drives
 /// a runc container as Sarus would.
 #[test]
