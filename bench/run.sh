@@ -130,10 +130,10 @@ bundle() { # NAME ENV_JSON_ITEMS HOOK_JSON
 }
 hookjson() { # CONFIG [WRAP_LABEL]
   if [ -n "${2:-}" ]; then
-    printf '{"path": "%s", "args": ["timer", "wrap", "%s", "%s", "%s", "-config=%s", "prestart"]}' \
+    printf '{"path": "%s", "args": ["timer", "wrap", "%s", "%s", "%s", "-config=%s", "prestart"], "env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]}' \
       "$W/timer" "$W/hook-times.txt" "$2" "$hook" "$1"
   else
-    printf '{"path": "%s", "args": ["gres-oci-hook", "-config=%s", "prestart"]}' "$hook" "$1"
+    printf '{"path": "%s", "args": ["gres-oci-hook", "-config=%s", "prestart"], "env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]}' "$hook" "$1"
   fi
 }
 CU='"NVIDIA_VISIBLE_DEVICES=all", "NVIDIA_DRIVER_CAPABILITIES=compute,utility"'

@@ -41,7 +41,7 @@ cat >"$work/bundle/config.json" <<JSON
     {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
     {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}
   ],
-  "hooks": {"prestart": [{"path": "$hook", "args": ["gres-oci-hook", "-config=$work/node/config.toml", "prestart"]}]},
+  "hooks": {"prestart": [{"path": "$hook", "args": ["gres-oci-hook", "-config=$work/node/config.toml", "prestart"], "env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]}]},
   "linux": {
     "resources": {"devices": [{"allow": false, "access": "rwm"}]},
     "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]

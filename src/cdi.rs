@@ -90,6 +90,10 @@ pub struct Hook {
     pub path: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
+    /// Always [`crate::HOOK_ENV`] in what [`generate`] writes: without it runc before 1.3 runs
+    /// the createContainer hook with the image's environment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
 }
 
 /// What [`generate`] needs besides the node's facts.
@@ -316,6 +320,7 @@ pub fn generate(
             hook_name: "createContainer".into(),
             path: utf8(&opts.hook_path)?,
             args,
+            env: crate::HOOK_ENV.iter().map(|e| (*e).to_owned()).collect(),
         });
     }
 
@@ -1046,6 +1051,7 @@ mod tests {
         assert_eq!(e.hooks.len(), 1);
         assert_eq!(e.hooks[0].hook_name, "createContainer");
         assert_eq!(e.hooks[0].path, "/usr/bin/gres-oci-hook");
+        assert_eq!(e.hooks[0].env, crate::HOOK_ENV);
         assert_eq!(
             e.hooks[0].args,
             [

@@ -1625,7 +1625,11 @@ mod tests {
 
         proptest! {
             #[test]
-            fn parser_never_panics(text in "(?s).{0,300}") {
+            fn parser_never_panics(text in prop_oneof![
+                "(?s).{0,300}",
+                proptest::collection::vec(any::<u8>(), 0..300)
+                    .prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+            ]) {
                 let mut reader = |_: &Path| Ok(text.clone());
                 if let Ok(conf) = GresConf::parse_with(&text, Path::new(SRC), &mut reader) {
                     let _ = conf.gpus_for_node("node1");
@@ -1635,7 +1639,9 @@ mod tests {
 
             #[test]
             fn gres_like_text_never_panics(
-                text in r#"([ \t\n\\#"=,\[\]\-0-9]|Name|gpu|File|NodeName|node|AutoDetect|nvml|Count|Include|/dev/nvidia|Type|MultipleFiles){0,60}"#
+                // Multi-byte characters (and the replacement character a lossy read of a
+                // non-UTF-8 byte gives) next to the ASCII the parser slices at.
+                text in r#"([ \t\n\\#"=,\[\]\-0-9]|Name|gpu|File|NodeName|node|AutoDetect|nvml|Count|Include|/dev/nvidia|Type|MultipleFiles|€|ü|𐍈|\u{301}|\u{fffd}){0,60}"#
             ) {
                 let mut reader = |_: &Path| Ok(text.clone());
                 if let Ok(conf) = GresConf::parse_with(&text, Path::new(SRC), &mut reader) {
@@ -1646,14 +1652,17 @@ mod tests {
             }
 
             #[test]
-            fn index_list_never_panics(s in "(?s).{0,64}|[0-9,\\- ]{0,40}") {
+            fn index_list_never_panics(s in "(?s).{0,64}|([0-9,\\- ]|€|\u{fffd}){0,40}") {
                 if let Ok(v) = parse_index_list(&s) {
                     prop_assert!(v.iter().all(|&i| i <= MAX_GPU_INDEX));
                 }
             }
 
             #[test]
-            fn hostlist_never_panics(s in "(?s).{0,64}|[a-c0-9,\\[\\]\\-]{0,40}", name in "[a-c0-9]{0,8}") {
+            fn hostlist_never_panics(
+                s in "(?s).{0,64}|([a-c0-9,\\[\\]\\-]|é|€|𐍈|\u{fffd}){0,40}",
+                name in "([a-c0-9]|é|€|𐍈){0,8}",
+            ) {
                 if let Ok(v) = expand_hostlist(&s) {
                     prop_assert!(v.len() <= MAX_EXPANSION);
                     // Matching must agree with expansion.

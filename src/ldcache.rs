@@ -2435,7 +2435,8 @@ mod writer_tests {
     }
 
     fn arb_entry() -> impl Strategy<Value = LdCacheEntry> {
-        let name = "[a-c0-9._é+-]{1,10}";
+        // Multi-byte names too: keys and paths are bytes to glibc, UTF-8 text to the reader.
+        let name = "([a-c0-9._é+-]|€|𐍈){1,10}";
         (
             name,
             "(/[a-c0-9]{1,3}){0,3}",

@@ -15,5 +15,13 @@ pub mod plan;
 pub mod request;
 pub mod selection;
 
+/// The `env` of every OCI hook entry gres-oci writes or ships (CDI specs, hooks.d files, the
+/// bundle patched by the plugin). runc before 1.3 runs a `createContainer` hook whose entry has
+/// no `env` (or an empty one) with the **container's** environment, before pivot_root: an image
+/// `LD_PRELOAD` would then load the image's code into a root process on the host
+/// (CVE-2025-23266). The dynamic loader acts before the hook's `main`, so only the entry can
+/// keep the image's variables away; it must be non-empty, and holds nothing the loader reads.
+pub const HOOK_ENV: [&str; 1] = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"];
+
 /// The Slurm release whose headers this build saw (`major.minor.micro`), if any.
 pub const SLURM_VERSION: Option<&str> = option_env!("GRES_OCI_SLURM_VERSION");

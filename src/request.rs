@@ -33,7 +33,11 @@ impl PhysicalId {
         if let Some(n) = item.strip_prefix("minor:") {
             return n.parse().map(PhysicalId::Minor).map_err(|_| bad());
         }
-        if item.len() >= 4 && item[..4].eq_ignore_ascii_case("GPU-") {
+        // `get`, not indexing: byte 4 of the container's text may fall inside a character.
+        if item
+            .get(..4)
+            .is_some_and(|p| p.eq_ignore_ascii_case("GPU-"))
+        {
             return match crate::selection::parse_device_id(item) {
                 Ok(DeviceId::GpuUuid(u)) => Ok(PhysicalId::Uuid(u)),
                 _ => Err(bad()),
@@ -340,6 +344,12 @@ mod tests {
             (&["GRES_OCI_GPUS=GPU-12"], "GPU-12"),
             (&["NVIDIA_VISIBLE_DEVICES=gpu0"], "gpu0"),
             (&["NOEQUALS"], "NOEQUALS"),
+            // Non-ASCII where a 4-byte prefix is compared: a char straddles the cut.
+            (&["GRES_OCI_GPUS=ab€"], "ab€"),
+            (&["GRES_OCI_GPUS=GPU€"], "GPU€"),
+            (&["GRES_OCI_GPUS=€"], "€"),
+            (&["NVIDIA_VISIBLE_DEVICES=ab€"], "ab€"),
+            (&["NVIDIA_VISIBLE_DEVICES=GPU€,MIG€"], "€"),
         ] {
             let e = req(env).unwrap_err().to_string();
             assert!(e.contains(needle), "{env:?}: {e}");

@@ -1727,7 +1727,7 @@ mod tests {
 
         #[test]
         fn visible_devices_shaped_never_panic(
-            s in "([0-9a-fA-F:.,GPUMIgpumi -]|all|none|void|ALL){0,40}",
+            s in "([0-9a-fA-F:.,GPUMIgpumi -]|all|none|void|ALL|GPU-|MIG-|€|ü|𐍈|\u{301}|\u{fffd}){0,40}",
             legacy: bool,
         ) {
             if let Ok(Some(DeviceRequest::List(ids))) = parse_visible_devices(Some(&s), legacy) {
@@ -1792,7 +1792,7 @@ mod tests {
 
         #[test]
         fn requirement_shaped_never_panics(
-            s in "((cuda|driver|arch|brand|CUDA|x)(=|!=|<|<=|>|>=|=>|!)([0-9.]{0,6}|tesla)[, ]{0,2}){0,5}",
+            s in "((cuda|driver|arch|brand|CUDA|x|€)(=|!=|<|<=|>|>=|=>|!)([0-9.]{0,6}|tesla|€|𐍈|\u{fffd})[, ]{0,2}){0,5}",
             f in facts_strategy(),
         ) {
             if let Ok(r) = s.parse::<Requirement>() {

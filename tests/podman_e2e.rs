@@ -130,7 +130,7 @@ impl std::ops::Deref for PodmanSeen {
 /// `podman [global] run … --rootfs <fresh busybox rootfs> /bin/sh -c PROBE` with the node's
 /// device dir at /hostdev and an output dir at /out.
 fn podman_run(node: &FakeNode, global: &[&str], run_args: &[String]) -> (Output, PodmanSeen) {
-    podman_run_with(node, global, run_args, |_| {})
+    podman_run_in(node, global, run_args, busybox_dir())
 }
 
 /// [`podman_run`], with `prepare` applied to the rootfs first.
@@ -140,12 +140,27 @@ fn podman_run_with(
     run_args: &[String],
     prepare: impl FnOnce(&Path),
 ) -> (Output, PodmanSeen) {
+    let rootfs = busybox_dir();
+    prepare(rootfs.path());
+    podman_run_in(node, global, run_args, rootfs)
+}
+
+fn busybox_dir() -> tempfile::TempDir {
     let rootfs = tempfile::Builder::new()
         .prefix("gres-oci-podman-rootfs")
         .tempdir()
         .unwrap();
     busybox_rootfs(rootfs.path(), true);
-    prepare(rootfs.path());
+    rootfs
+}
+
+/// [`podman_run`] with a rootfs the caller prepared.
+fn podman_run_in(
+    node: &FakeNode,
+    global: &[&str],
+    run_args: &[String],
+    rootfs: tempfile::TempDir,
+) -> (Output, PodmanSeen) {
     let out = tempfile::tempdir().unwrap();
     let o = Command::new("podman")
         .args(global)
@@ -458,4 +473,68 @@ fn podman_image_link_onto_a_bind_mount_is_refused() {
         Vec::<String>::new(),
         "host directory changed"
     );
+}
+
+/// The image's `LD_PRELOAD`, `LD_AUDIT` and `LD_LIBRARY_PATH` name its own libraries; neither
+/// the CDI spec's createContainer hook nor the shipped hooks.d entry may run them, with podman
+/// on runc 1.1 (which gives a createContainer hook without `env` the container's environment)
+/// and on crun. podman carries each entry's `env` into the bundle.
+#[test]
+fn image_loader_variables_never_reach_cdi_or_hooks_d_hooks() {
+    let node = setup();
+    let trap = LoaderTrap::new();
+    let control = tempfile::tempdir().unwrap();
+    trap.self_test(control.path());
+    let spec = CdiSpec::generate(&node, "json");
+    let hooks_d = hooks_dir_for(&node);
+    let empty = tempfile::tempdir().unwrap();
+    for runtime in ["runc", "crun"] {
+        for (what, dir, args) in [
+            (
+                "CDI",
+                empty.path(),
+                vec!["--device".to_owned(), spec.device("0")],
+            ),
+            (
+                "hooks.d",
+                hooks_d.path(),
+                vec![
+                    "--annotation".to_owned(),
+                    "org.gres-oci.gpus=1".to_owned(),
+                    "-e".to_owned(),
+                    "NVIDIA_VISIBLE_DEVICES=0".to_owned(),
+                ],
+            ),
+        ] {
+            let rootfs = busybox_dir();
+            let mut args = args.clone();
+            for e in trap.install(rootfs.path()) {
+                args.extend(["-e".to_owned(), e]);
+            }
+            let d = dir.display().to_string();
+            let (o, seen) = podman_run_in(
+                &node,
+                &["--runtime", runtime, "--hooks-dir", &d],
+                &args,
+                rootfs,
+            );
+            let ctx = format!("podman --runtime {runtime}, {what}");
+            assert!(o.status.success(), "{ctx}: {}", text(&o));
+            assert!(seen.has("probe-done"), "{ctx}: {}", text(&o));
+            // The hook ran: GPU index 0 is minor 2, with its soname links.
+            assert!(seen.nodes().contains("nvidia2"), "{ctx}: {:#?}", seen.lines);
+            assert!(
+                seen.has(&format!(
+                    "link {LIBDIR}/libcuda.so.1 -> libcuda.so.550.54.15"
+                )),
+                "{ctx}: {:#?}",
+                seen.lines
+            );
+            let fired = trap.fired();
+            assert!(
+                fired.is_empty(),
+                "{ctx}: the image's libraries ran on the host: {fired:?}"
+            );
+        }
+    }
 }

@@ -531,6 +531,179 @@ fn hook_command_line_contract() {
     );
 }
 
+/// Non-ASCII text in the container's variables, and bytes that are not UTF-8 at all in its
+/// config.json, stop the container with one line from the hook and exit 1: never a panic
+/// (exit 101 with a backtrace), in runc and in crun.
+#[test]
+fn non_ascii_container_input_is_a_one_line_error() {
+    let node = setup();
+    let cases: [(&[&str], &str); 5] = [
+        (&["GRES_OCI_GPUS=ab€"], "ab€"),
+        (&["GRES_OCI_GPUS=GPU€"], "GPU€"),
+        (&["NVIDIA_VISIBLE_DEVICES=ab€"], "ab€"),
+        (
+            &["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_DRIVER_CAPABILITIES=€"],
+            "€",
+        ),
+        (
+            &["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_REQUIRE_CUDA=cuda>=1€"],
+            "€",
+        ),
+    ];
+    for rt in [Runtime::Runc, Runtime::Crun] {
+        for (env, needle) in cases {
+            let (b, _out) = Case {
+                node: &node,
+                env,
+                readonly: false,
+                debian: true,
+            }
+            .bundle();
+            let before = node.log();
+            let o = b.run(rt);
+            assert!(!o.status.success(), "{} {env:?}: {}", rt.name(), text(&o));
+            one_line_hook_failure(rt, &o, &node, &before, needle);
+        }
+        // Raw bytes that are not UTF-8 in an env value: runc takes them and the hook reports
+        // config.json; crun's JSON parser refuses the file before any hook runs.
+        if rt == Runtime::Crun {
+            continue;
+        }
+        let (b, _out) = Case {
+            node: &node,
+            env: &["NVIDIA_VISIBLE_DEVICES=0", "GRES_OCI_GPUS=PLACEHOLDER"],
+            readonly: false,
+            debian: true,
+        }
+        .bundle();
+        let cfg = std::fs::read(b.path().join("config.json")).unwrap();
+        let at = cfg.windows(11).position(|w| w == b"PLACEHOLDER").unwrap();
+        let mut bad = cfg[..at].to_vec();
+        bad.extend_from_slice(b"ab\xe2\x82\xff\xc3");
+        bad.extend_from_slice(&cfg[at + 11..]);
+        std::fs::write(b.path().join("config.json"), bad).unwrap();
+        let before = node.log();
+        let o = b.run(rt);
+        assert!(!o.status.success(), "{}: {}", rt.name(), text(&o));
+        one_line_hook_failure(rt, &o, &node, &before, "config.json");
+    }
+}
+
+/// The hook exited 1 (not 101, a panic) and said why in one line, on the runtime's stderr for
+/// runc and in the hook's log for crun (which keeps the hook's stderr to itself).
+fn one_line_hook_failure(
+    rt: Runtime,
+    o: &std::process::Output,
+    node: &FakeNode,
+    log_before: &str,
+    needle: &str,
+) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("panicked"), "{}", text(o));
+    match rt {
+        Runtime::Runc => assert!(err.contains("exit status 1,"), "{}", text(o)),
+        Runtime::Crun => assert!(err.contains("(exit code: 1)"), "{}", text(o)),
+    }
+    let log = node.log();
+    let new = log.strip_prefix(log_before).unwrap_or(&log);
+    let lines: Vec<&str> = new.lines().collect();
+    assert_eq!(lines.len(), 1, "{}: {new}", rt.name());
+    assert!(
+        lines[0].contains("ERROR") && lines[0].contains(needle),
+        "{}: {new}",
+        rt.name()
+    );
+}
+
+/// config.json is read for what the hook uses and no more: a bundle without `process.user`
+/// (which the runtimes accept) or with a field the hook never reads in a shape it does not
+/// know still gets its GPU, in runc and crun and through `plan`; a wrong value in a field the
+/// hook reads is one line naming the file and the field.
+#[test]
+fn config_json_is_read_only_where_the_hook_uses_it() {
+    let node = setup();
+    let cfg = format!("-config={}", node.config().display());
+    for rt in [Runtime::Runc, Runtime::Crun] {
+        let (mut b, _out) = Case {
+            node: &node,
+            env: &["NVIDIA_VISIBLE_DEVICES=3"],
+            readonly: false,
+            debian: true,
+        }
+        .bundle();
+        b.spec["process"].as_object_mut().unwrap().remove("user");
+        b.spec["org.example.extension"] = serde_json::json!([1, {"user": 7}]);
+        b.write();
+        let o = b.run(rt);
+        assert!(o.status.success(), "{}: {}", rt.name(), text(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            out.contains("node /dev/nvidia1"),
+            "{}: {}",
+            rt.name(),
+            text(&o)
+        );
+    }
+    let plan = |b: &Bundle| hook(&[&cfg, "plan", "--bundle", b.path().to_str().unwrap()], b"");
+    let b = {
+        let (mut b, _out) = Case {
+            node: &node,
+            env: &["NVIDIA_VISIBLE_DEVICES=3"],
+            readonly: false,
+            debian: true,
+        }
+        .bundle();
+        b.spec["process"].as_object_mut().unwrap().remove("user");
+        b.spec["process"]["capabilities"] = serde_json::json!("not an object");
+        b.write();
+        b
+    };
+    let o = plan(&b);
+    assert!(o.status.success(), "{}", text(&o));
+    // Wrong values where the hook reads: one line, exit 1, the file and the field named.
+    for (edit, field) in [
+        (serde_json::json!({"root": {"path": 3}}), "root.path"),
+        (
+            serde_json::json!({"process": {"env": "A=1"}}),
+            "process.env",
+        ),
+        (
+            serde_json::json!({"process": {"env": ["A=1", 2]}}),
+            "process.env[1]",
+        ),
+        (serde_json::json!({"process": []}), "process"),
+        (
+            serde_json::json!({"linux": {"resources": {"devices": [{"allow": "yes"}]}}}),
+            "linux.resources.devices",
+        ),
+    ] {
+        let mut spec = b.spec.clone();
+        for (k, v) in edit.as_object().unwrap() {
+            match (spec.get_mut(k), v) {
+                (Some(serde_json::Value::Object(have)), serde_json::Value::Object(want)) => {
+                    for (k2, v2) in want {
+                        have.insert(k2.clone(), v2.clone());
+                    }
+                }
+                _ => spec[k] = v.clone(),
+            }
+        }
+        std::fs::write(
+            b.path().join("config.json"),
+            serde_json::to_vec(&spec).unwrap(),
+        )
+        .unwrap();
+        let o = plan(&b);
+        assert_eq!(o.status.code(), Some(1), "{field}: {}", text(&o));
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(e.trim_end().lines().count(), 1, "{field}: {e}");
+        assert!(
+            e.contains("config.json") && e.contains(field),
+            "{field}: {e}"
+        );
+    }
+}
+
 /// The shipped Sarus hooks.d entry, with its paths pointed at this build and fake node, drives
 /// a runc container as Sarus would.
 #[test]
@@ -889,6 +1062,119 @@ fn image_environment_does_not_reach_helpers() {
         !flag.exists(),
         "the image's LD_PRELOAD ran in a process the hook started"
     );
+}
+
+/// Every hook entry gres-oci writes or ships, at each stage it names: the CDI spec's
+/// createContainer `update-ldcache` hook (with the spec's mounts, as an engine applies them),
+/// the hooks.d files (podman's and Sarus's) and the entry the plugin adds to a Slurm bundle.
+/// The image's `LD_PRELOAD`, `LD_AUDIT` and `LD_LIBRARY_PATH` name its own libraries; none of
+/// them may run in any process the runtime starts for those entries, with runc 1.1 (which
+/// gives an entry without `env` the container's environment at createContainer) and crun.
+#[test]
+fn image_loader_variables_never_reach_hook_entries() {
+    let node = setup();
+    let trap = LoaderTrap::new();
+    let control = tempfile::tempdir().unwrap();
+    trap.self_test(control.path());
+
+    // (what, stage, entry, extra bundle mounts)
+    let mut entries: Vec<(String, String, serde_json::Value, Vec<serde_json::Value>)> = Vec::new();
+    let cdi_dir = tempfile::tempdir().unwrap();
+    let cdi_file = cdi_dir.path().join("spec.json");
+    let o = Command::new(hook_bin())
+        .arg(format!("-config={}", node.config().display()))
+        .args(["cdi", "generate", "--output"])
+        .arg(&cdi_file)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let cdi: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cdi_file).unwrap()).unwrap();
+    let edits = &cdi["containerEdits"];
+    let mounts: Vec<serde_json::Value> = edits["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            serde_json::json!({"destination": m["containerPath"], "source": m["hostPath"],
+                "type": "bind", "options": m["options"]})
+        })
+        .collect();
+    let cdi_hooks = edits["hooks"].as_array().unwrap();
+    assert!(!cdi_hooks.is_empty(), "{cdi}");
+    for h in cdi_hooks {
+        let mut entry = h.clone();
+        let stage = entry.as_object_mut().unwrap().remove("hookName").unwrap();
+        entries.push((
+            "CDI spec".into(),
+            stage.as_str().unwrap().to_owned(),
+            entry,
+            mounts.clone(),
+        ));
+    }
+    for f in ["gres-oci-podman.json", "gres-oci.json"] {
+        let file: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(repo().join("slurm-conf/hooks.d").join(f)).unwrap(),
+        )
+        .unwrap();
+        let mut entry = file["hook"].clone();
+        entry["path"] = serde_json::json!(hook_bin());
+        for a in entry["args"].as_array_mut().unwrap() {
+            if a.as_str().is_some_and(|s| s.starts_with("-config=")) {
+                *a = serde_json::json!(format!("-config={}", node.config().display()));
+            }
+        }
+        for stage in file["stages"].as_array().unwrap() {
+            entries.push((
+                format!("hooks.d/{f}"),
+                stage.as_str().unwrap().to_owned(),
+                entry.clone(),
+                Vec::new(),
+            ));
+        }
+    }
+    // The plugin's entry for a Slurm 22.05 bundle (spank-plugin/src/spool.rs builds the same).
+    entries.push((
+        "plugin's bundle entry".into(),
+        "prestart".into(),
+        serde_json::json!({"path": hook_bin(),
+            "args": [hook_bin(), format!("-config={}", node.config().display()), "prestart"],
+            "env": gres_oci::HOOK_ENV}),
+        Vec::new(),
+    ));
+
+    for rt in [Runtime::Runc, Runtime::Crun] {
+        for (what, stage, entry, mounts) in &entries {
+            let (mut b, out) = Case {
+                node: &node,
+                env: &["NVIDIA_VISIBLE_DEVICES=0"],
+                readonly: false,
+                debian: true,
+            }
+            .bundle();
+            let env = trap.install(&b.rootfs());
+            let spec_env = b.spec["process"]["env"].as_array_mut().unwrap();
+            spec_env.extend(env.iter().map(|e| serde_json::json!(e)));
+            b.spec["mounts"]
+                .as_array_mut()
+                .unwrap()
+                .extend(mounts.clone());
+            b.spec["hooks"] = serde_json::json!({ stage.as_str(): [entry] });
+            b.write();
+            let o = b.run(rt);
+            let ctx = format!("{} {what} at {stage}", rt.name());
+            assert!(o.status.success(), "{ctx}: {}", text(&o));
+            let fired = trap.fired();
+            assert!(
+                fired.is_empty(),
+                "{ctx}: the image's libraries ran on the host: {fired:?}"
+            );
+            if what == "CDI spec" {
+                // The hook did run: the links and the linker cache are there.
+                check_ldcache(out.path(), "/usr/lib/x86_64-linux-gnu");
+            }
+        }
+    }
 }
 
 /// `outside-slurm = "deny"`: a container that no Slurm step started gets no GPU, whatever it

@@ -287,14 +287,7 @@ fn apply_plan(config: &Config, plan: &Plan, pid: i32, bundle: &state::Bundle) ->
         match cgroup::locate(&cg, &mi)? {
             cgroup::DeviceCgroup::V1(dir) => cgroup::allow_v1(&dir, &plan.cgroup_rules)?,
             cgroup::DeviceCgroup::V2 => {
-                let rules = bundle
-                    .spec
-                    .linux()
-                    .as_ref()
-                    .and_then(|l| l.resources().as_ref())
-                    .and_then(|r| r.devices().clone())
-                    .unwrap_or_default();
-                cgroup::check_v2(&plan.cgroup_rules, &rules)?;
+                cgroup::check_v2(&plan.cgroup_rules, &bundle.device_rules)?;
             }
         }
     }

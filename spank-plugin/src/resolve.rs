@@ -265,12 +265,17 @@ impl GpuBind {
             return GpuBind::None;
         };
         let mut s = &tres_bind[pos + 4..];
-        if s.len() >= 8 && s[..8].eq_ignore_ascii_case("verbose,") {
+        // `get`, not indexing: the job's user writes this text, and byte 8 may fall inside a
+        // multi-byte character.
+        if s.get(..8)
+            .is_some_and(|p| p.eq_ignore_ascii_case("verbose,"))
+        {
             s = &s[8..];
         }
         let lower = s.to_ascii_lowercase();
         // The value runs to the end: Slurm keeps the rest of the string (other TRES follow
         // after ';' or ',' only for the map/mask forms, which strtok stops at non-numbers).
+        // Called only after an ASCII prefix of `n` bytes matched, so `n` is a char boundary.
         let rest = |n: usize| s[n..].split(';').next().unwrap_or("").to_owned();
         if lower.starts_with("single:") {
             let n = strtol(&rest(7)).filter(|&n| n > 0 && n <= i64::from(u32::MAX));
@@ -458,6 +463,7 @@ mod tests {
     use super::*;
     use gres_oci::gres::GresConf;
     use gres_oci::inventory::Source;
+    use proptest::prelude::*;
     use std::path::Path;
 
     /// A GPU as procfs's `information` file describes it.
@@ -652,6 +658,41 @@ mod tests {
             assert_eq!(GpuBind::parse(s), want, "{s}");
         }
         assert!(GpuBind::parse("gpu:per_task:0").is_none());
+        // A multi-byte character where a fixed-width prefix is compared is no binding.
+        for s in [
+            "gpu:abcdefg€",
+            "gpu:verbose€,map_gpu:1",
+            "gpu:€€€",
+            "gpu:single€",
+        ] {
+            assert_eq!(GpuBind::parse(s), GpuBind::None, "{s}");
+        }
+        assert_eq!(
+            GpuBind::parse("gpu:map_gpu:1,€"),
+            GpuBind::Map("1,€".into())
+        );
+    }
+
+    /// Text from the job's environment, with multi-byte characters and (as a lossy conversion
+    /// of the raw bytes gives them) replacement characters.
+    fn env_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "(gpu:|verbose,|map_gpu:|mask_gpu:|single:|per_task:|closest|[0-9x,*;:-]|€|ü|𐍈|\u{fffd}){0,12}",
+            proptest::collection::vec(any::<u8>(), 0..40)
+                .prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+            ".{0,40}",
+        ]
+    }
+
+    proptest! {
+        /// Whatever `SLURMD_TRES_BIND` and the GPU lists hold: a value or an error, never a
+        /// panic inside slurmstepd.
+        #[test]
+        fn job_env_parsers_never_panic(bind in env_text(), list in env_text(), id in 0u32..8) {
+            let b = GpuBind::parse(&bind);
+            let _ = task_usable(&b, &[0, 1, 2, 3], 4, id);
+            let _ = parse_list("SLURM_STEP_GPUS", &list);
+        }
     }
 
     #[test]

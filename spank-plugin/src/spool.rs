@@ -184,7 +184,8 @@ pub fn patch(config: &mut Value, p: &Patch, path: &Path) -> Result<Changes, Spoo
             let entry = json!({
                 "path": h.path.display().to_string(),
                 "args": args,
-                "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+                // Never the container's environment, whatever stage a runtime runs it at.
+                "env": gres_oci::HOOK_ENV,
             });
             hooks
                 .entry("prestart")
@@ -377,6 +378,7 @@ mod tests {
                 "prestart"
             ])
         );
+        assert_eq!(c["hooks"]["prestart"][0]["env"], json!(gres_oci::HOOK_ENV));
         assert_eq!(c["hooks"]["poststop"][0]["path"], "/bin/true");
         assert_eq!(
             c["linux"]["resources"]["devices"],

@@ -211,6 +211,7 @@ impl Bundle {
             spec["hooks"] = json!({"prestart": [{
                 "path": hook_bin(),
                 "args": ["gres-oci-hook", format!("-config={}", cfg.display()), "prestart"],
+                "env": gres_oci::HOOK_ENV,
             }]});
         }
         let b = Bundle { dir, spec };
@@ -306,5 +307,182 @@ impl Seen {
     }
     pub fn has(&self, line: &str) -> bool {
         self.lines.iter().any(|l| l == line)
+    }
+}
+
+/// An image that tries to run its own code in any process the hook's runtime starts with the
+/// container's environment (CVE-2025-23266): its env sets `LD_PRELOAD`, `LD_AUDIT` and
+/// `LD_LIBRARY_PATH` to libraries shipped in the image, each named both through
+/// `/proc/self/cwd` (runc runs createContainer hooks in the rootfs, as the CVE's exploit used)
+/// and by the rootfs's absolute host path (any stage). Each library's constructor (and the
+/// audit library's `la_version`) records the process in a host directory: any file there means
+/// the image's code ran as root on the host.
+pub struct LoaderTrap {
+    /// The host directory the libraries write their markers into.
+    pub markers: tempfile::TempDir,
+    built: tempfile::TempDir,
+}
+
+impl LoaderTrap {
+    pub fn new() -> LoaderTrap {
+        let markers = tempfile::Builder::new()
+            .prefix("gres-oci-trap")
+            .tempdir()
+            .unwrap();
+        let built = tempfile::tempdir().unwrap();
+        let src = built.path().join("mark.c");
+        std::fs::write(
+            &src,
+            format!(
+                r#"#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+static void mark(void) {{
+    char path[4096], cmd[160];
+    snprintf(path, sizeof path, "{dir}/%s-%d", KIND, (int)getpid());
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (fd < 0) return;
+    int c = open("/proc/self/cmdline", O_RDONLY);
+    ssize_t n = c >= 0 ? read(c, cmd, sizeof cmd) : 0;
+    for (ssize_t i = 0; i < n; i++) if (!cmd[i]) cmd[i] = ' ';
+    if (n > 0) write(fd, cmd, (size_t)n);
+    close(fd);
+}}
+__attribute__((constructor)) static void trap(void) {{ mark(); }}
+unsigned int la_version(unsigned int v) {{ mark(); return v; }}
+"#,
+                dir = markers.path().display()
+            ),
+        )
+        .unwrap();
+        let cc = |kind: &str, out: &Path, extra: &[&str]| {
+            let o = Command::new("gcc")
+                .args(["-shared", "-fPIC", "-o"])
+                .arg(out)
+                .arg(format!("-DKIND=\"{kind}\""))
+                .arg(&src)
+                .args(extra)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "gcc: {}", text(&o));
+        };
+        cc("preload", &built.path().join("preload.so"), &[]);
+        cc("audit", &built.path().join("audit.so"), &[]);
+        // LD_LIBRARY_PATH: a stand-in for a library the hook binary needs, with the symbols and
+        // symbol versions the binary asks of it (the loader checks them before constructors).
+        let dump = Command::new("objdump")
+            .arg("-T")
+            .arg(hook_bin())
+            .output()
+            .unwrap();
+        let mut versions: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for l in String::from_utf8_lossy(&dump.stdout).lines() {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if l.contains("*UND*") && f.len() >= 2 {
+                if let Some(v) = f[f.len() - 2]
+                    .strip_prefix("(GCC_")
+                    .and_then(|v| v.strip_suffix(')'))
+                {
+                    versions
+                        .entry(format!("GCC_{v}"))
+                        .or_default()
+                        .push(f[f.len() - 1].to_owned());
+                }
+            }
+        }
+        assert!(
+            !versions.is_empty(),
+            "the hook binary needs nothing from libgcc_s; pick another library to stand in for"
+        );
+        let mut stubs = String::from("#include <stdlib.h>\n");
+        let mut script = String::new();
+        for (v, syms) in &versions {
+            script.push_str(&format!("{v} {{ global: {}; }};\n", syms.join("; ")));
+            for s in syms {
+                stubs.push_str(&format!("void {s}(void) {{ abort(); }}\n"));
+            }
+        }
+        std::fs::write(built.path().join("stubs.c"), stubs).unwrap();
+        std::fs::write(built.path().join("v.map"), script).unwrap();
+        std::fs::create_dir_all(built.path().join("lib")).unwrap();
+        let stubs = built.path().join("stubs.c").display().to_string();
+        let map = format!(
+            "-Wl,--version-script={}",
+            built.path().join("v.map").display()
+        );
+        cc(
+            "library-path",
+            &built.path().join("lib/libgcc_s.so.1"),
+            &[&stubs, "-Wl,-soname,libgcc_s.so.1", &map],
+        );
+        LoaderTrap { markers, built }
+    }
+
+    /// Puts the libraries into `rootfs` and returns the image's environment entries naming
+    /// them.
+    pub fn install(&self, rootfs: &Path) -> Vec<String> {
+        let b = self.built.path();
+        std::fs::copy(b.join("preload.so"), rootfs.join("preload.so")).unwrap();
+        std::fs::copy(b.join("audit.so"), rootfs.join("audit.so")).unwrap();
+        std::fs::create_dir_all(rootfs.join("trap")).unwrap();
+        std::fs::copy(
+            b.join("lib/libgcc_s.so.1"),
+            rootfs.join("trap/libgcc_s.so.1"),
+        )
+        .unwrap();
+        let abs = rootfs.display();
+        vec![
+            format!("LD_PRELOAD=/proc/self/cwd/preload.so {abs}/preload.so"),
+            format!("LD_AUDIT=/proc/self/cwd/audit.so:{abs}/audit.so"),
+            format!("LD_LIBRARY_PATH=/proc/self/cwd/trap:{abs}/trap"),
+        ]
+    }
+
+    /// Each marker: which library fired, in which process (its command line).
+    pub fn fired(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.markers.path())
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                format!(
+                    "{}: {}",
+                    e.file_name().to_string_lossy(),
+                    std::fs::read_to_string(e.path()).unwrap_or_default()
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Proves the trap works: each library, named as the image names them, fires in a process
+    /// started with that environment and the rootfs as its working directory.
+    pub fn self_test(&self, rootfs: &Path) {
+        for e in self.install(rootfs) {
+            let (k, v) = e.split_once('=').unwrap();
+            let o = Command::new(hook_bin())
+                .arg("--version")
+                .env_clear()
+                .env(k, v)
+                .current_dir(rootfs)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{e}: {}", text(&o));
+            let kind = match k {
+                "LD_PRELOAD" => "preload",
+                "LD_AUDIT" => "audit",
+                _ => "library-path",
+            };
+            let fired = self.fired();
+            assert!(
+                fired.iter().any(|f| f.starts_with(&format!("{kind}-"))),
+                "{e} did not fire: {fired:?} {}",
+                text(&o)
+            );
+            for f in std::fs::read_dir(self.markers.path()).unwrap().flatten() {
+                std::fs::remove_file(f.path()).unwrap();
+            }
+        }
     }
 }
