@@ -127,6 +127,41 @@ srun -n1 --container={bundle} --gres=gpu:2 /bin/sh -c 'echo "CSTEP=$GRES_OCI_GPU
     assert_eq!(cvd.split(',').count(), 2, "{text}");
 }
 
+/// The submitter forges every list the plugin could read; the batch step's list is still the
+/// job's own (Slurm 24.11 sets SLURM_JOB_GPUS there too, and sbatch forwards SLURM_* even
+/// with `--export=NONE`), and an srun step's the step's own.
+fn forged_gpu_lists(c: &Cluster) {
+    let all4 = c.gpus_var(&[0, 1, 2, 3]);
+    let forged: [(&str, &str); 3] = [
+        ("SLURM_STEP_GPUS", "0,1,2,3"),
+        ("SLURM_JOB_GPUS", "0,1,2,3"),
+        ("GRES_OCI_GPUS", &all4),
+    ];
+    for export in ["--export=ALL", "--export=NONE"] {
+        let (o, text) = c.sbatch_env(
+            &[export, "--gres=gpu:1"],
+            &forged,
+            r#"echo "BATCH=$SLURM_JOB_GPUS;$GRES_OCI_GPUS""#,
+        );
+        assert!(o.ok(), "{export}: {o}\n{text}");
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix("BATCH="))
+            .unwrap_or_else(|| panic!("{export}: no output\n{text}"));
+        let (job, gpus) = line.split_once(';').unwrap();
+        let job = slurm::slurm_list(job);
+        assert_eq!(job.len(), 1, "{export}: {text}");
+        assert_eq!(gpus, c.gpus_var(&job), "{export}: {text}");
+    }
+    c.wait_idle(std::time::Duration::from_secs(20));
+    let mut cmd = c.command("srun");
+    cmd.args(["--gres=gpu:1", "/usr/bin/env"])
+        .envs(forged.iter().copied());
+    let o = slurm::run(&mut cmd, std::time::Duration::from_secs(60)).success();
+    let env = o.env();
+    assert_eq!(env["GRES_OCI_GPUS"].split(',').count(), 1, "{o}");
+}
+
 fn broken_gres_conf(c: &Cluster) {
     let bad = c.root.join("etc/gres.conf.broken");
     std::fs::write(
@@ -182,6 +217,7 @@ fn slurm24_task_none_not_minor_order() {
         container_gets_exactly_its_gpus(&c)
     });
     scenario("batch steps", || batch_steps(&c));
+    scenario("forged GPU lists", || forged_gpu_lists(&c));
     scenario("broken gres.conf", || broken_gres_conf(&c));
     drop(c);
     drop(root);
