@@ -258,8 +258,8 @@ pub fn step_from_cgroups(proc_pid_cgroup: &str) -> Result<Option<StepRef>, Alloc
                     f.task_id.is_none() || here.task_id.is_none() || f.task_id == here.task_id;
                 if !same_step || !tasks_agree {
                     return Err(AllocationError::Conflict {
-                        first: describe(f),
-                        second: describe(&here),
+                        first: f.to_string(),
+                        second: here.to_string(),
                     });
                 }
                 f.task_id = f.task_id.or(here.task_id);
@@ -272,10 +272,14 @@ pub fn step_from_cgroups(proc_pid_cgroup: &str) -> Result<Option<StepRef>, Alloc
     Ok(found)
 }
 
-fn describe(s: &StepRef) -> String {
-    match s.task_id {
-        Some(t) => format!("job {} step {} task {t}", s.job, s.step),
-        None => format!("job {} step {}", s.job, s.step),
+impl std::fmt::Display for StepRef {
+    /// `job J step S`, with `task T` when the cgroup names the task.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "job {} step {}", self.job, self.step)?;
+        match self.task_id {
+            Some(t) => write!(f, " task {t}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -451,11 +455,15 @@ pub fn allowed_gpus(
             })
             .ok_or_else(no_record);
     }
+    // A stepd the process tree found is already a live, root-owned slurmstepd of this step;
+    // only a cgroup identity needs the record's stepd checked.
     let fresh = |r: &Record| {
         r.job == step.job
             && r.step == step.step
-            && step.stepd_pid.is_none_or(|p| p == r.stepd_pid)
-            && stepd_is_live(proc_root, r.stepd_pid, r.job, &r.step)
+            && match step.stepd_pid {
+                Some(p) => p == r.stepd_pid,
+                None => stepd_is_live(proc_root, r.stepd_pid, r.job, &r.step),
+            }
     };
     let (path, record) = match task_record(state_dir, step, &fresh)? {
         Some(found) => found,

@@ -310,6 +310,17 @@ fn batch_container(c: &Cluster) {
     assert_eq!(devs, want, "{text}");
 }
 
+/// The minors task `task`'s probe lines (`T<task> DEV <minor> <open result>`) show: all of
+/// them, or with `open_only` those it may open (ENXIO).
+fn task_devices(out: &str, task: usize, open_only: bool) -> BTreeSet<u32> {
+    let prefix = format!("T{task} DEV ");
+    out.lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter(|l| !open_only || l.contains(ENXIO))
+        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+        .collect()
+}
+
 fn per_task_binding(c: &Cluster) {
     // Each task prints its list and what it may open among the node's four GPUs.
     let probe = format!(
@@ -333,14 +344,7 @@ fn per_task_binding(c: &Cluster) {
             assert_eq!(got, c.gpus_var(&[*idx]), "task {task} of {args:?}: {o}");
             if c.setup.cgroup {
                 // ConstrainDevices: the GPU we name is exactly the one the task may open.
-                let prefix = format!("T{task} DEV ");
-                let allowed: BTreeSet<u32> = o
-                    .stdout
-                    .lines()
-                    .filter_map(|l| l.strip_prefix(&prefix))
-                    .filter(|l| l.contains(ENXIO))
-                    .map(|l| l.split(' ').next().unwrap().parse().unwrap())
-                    .collect();
+                let allowed = task_devices(&o.stdout, task, true);
                 assert_eq!(allowed, minors_in(got), "task {task} of {args:?}: {o}");
                 assert!(o.stdout.contains(EPERM), "{o}");
             }
@@ -847,28 +851,15 @@ fn per_task_engine_in_task(c: &Cluster) {
     ];
     for (args, want) in cases {
         let script = format!(
-            "{} --root {} run --bundle {}/pt$SLURM_LOCALID pt$SLURM_LOCALID-$SLURM_JOB_ID",
-            "runc",
+            "runc --root {} run --bundle {}/pt$SLURM_LOCALID pt$SLURM_LOCALID-$SLURM_JOB_ID",
             c.root.join("own-runc").display(),
             c.root.display()
         );
         let o = sh(c, args, &script);
         assert!(o.ok(), "{args:?}: {o}");
         for (t, idx) in want.iter().enumerate() {
-            let prefix = format!("T{t} DEV ");
-            let got: BTreeSet<u32> = o
-                .stdout
-                .lines()
-                .filter_map(|l| l.strip_prefix(&prefix))
-                .filter(|l| l.contains(ENXIO))
-                .map(|l| l.split(' ').next().unwrap().parse().unwrap())
-                .collect();
-            let all: BTreeSet<u32> = o
-                .stdout
-                .lines()
-                .filter_map(|l| l.strip_prefix(&prefix))
-                .map(|l| l.split(' ').next().unwrap().parse().unwrap())
-                .collect();
+            let got = task_devices(&o.stdout, t, true);
+            let all = task_devices(&o.stdout, t, false);
             let want: BTreeSet<u32> = c.minors_of(&[*idx]).into_iter().collect();
             assert_eq!(all, want, "task {t} of {args:?}: {o}");
             assert_eq!(got, want, "task {t} of {args:?}: {o}");

@@ -166,7 +166,7 @@ fn standing(config: &Config, pid: Option<i32>) -> Result<Standing> {
         .as_deref()
         .map(read_devices_list)
         .transpose()
-        .with_context(|| describe(&step))?;
+        .with_context(|| step.to_string())?;
     tracing::debug!(job = step.job, step = %step.step, task = ?step.task_id, granted = ?grant.ids, task_gpus = ?task_gpus, "container is in a Slurm step");
     Ok(Standing::InStep {
         step,
@@ -174,13 +174,6 @@ fn standing(config: &Config, pid: Option<i32>) -> Result<Standing> {
         task_gpus,
         devices_list,
     })
-}
-
-fn describe(s: &StepRef) -> String {
-    match s.task_id {
-        Some(t) => format!("job {} step {} task {t}", s.job, s.step),
-        None => format!("job {} step {}", s.job, s.step),
-    }
 }
 
 /// Slurm's v1 `devices.list` of the task's (or step's) cgroup, found through this process's
@@ -261,7 +254,7 @@ pub fn build_plan(
         config,
     })
     .map_err(|e| match step {
-        Some(s) => anyhow::Error::from(e).context(describe(s)),
+        Some(s) => anyhow::Error::from(e).context(s.to_string()),
         None => e.into(),
     })?;
     Ok(Some(p))

@@ -343,12 +343,7 @@ impl GresOci {
             stepd_pid: 0,
             task_pid: None,
             task_id: None,
-            gpus: resolve::gpu_env(&gpus)
-                .gres_oci_gpus
-                .split(',')
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect(),
+            gpus: gpus.iter().map(|g| g.physical_id()).collect(),
         };
         write_record(&config.state_dir, &record).map_err(|e| PluginError::Record(e.into()))
     }
@@ -555,16 +550,14 @@ fn step_name(step_id: u32) -> String {
 /// The allocation records of this task and its step: the step's GPUs, with the task's local
 /// id and pid and its slurmstepd's pid. Written as root in `task_init_privileged`, before
 /// slurmstepd has put the task's binding (`SLURMD_TRES_BIND`) into its environment; the hook
-/// narrows to the task's own GPUs from the task's environment and its device cgroup.
-fn task_records(step: &Step, h: &SpankHandle) -> Result<[Record; 2], PluginError> {
+/// narrows to the task's own GPUs from the task's environment and its device cgroup. The step
+/// record is the same for every task, so only local task 0 (every step has one on each of its
+/// nodes) writes it.
+fn task_records(step: &Step, h: &SpankHandle) -> Result<Vec<Record>, PluginError> {
     let gpus = resolve::select(&step.table, &step.list, &step.node)?;
-    let ids: Vec<String> = resolve::gpu_env(&gpus)
-        .gres_oci_gpus
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect();
-    let task_id = h.task_id().map_err(|e| spank_err("S_TASK_ID", e))?;
+    let ids: Vec<String> = gpus.iter().map(|g| g.physical_id()).collect();
+    let task_id = u32::try_from(h.task_id().map_err(|e| spank_err("S_TASK_ID", e))?)
+        .map_err(|e| spank_err("S_TASK_ID", e))?;
     let step_record = Record {
         job: step.job_id,
         step: step.step_name.clone(),
@@ -576,10 +569,14 @@ fn task_records(step: &Step, h: &SpankHandle) -> Result<[Record; 2], PluginError
     };
     let task_record = Record {
         task_pid: Some(std::process::id() as i32),
-        task_id: Some(u32::try_from(task_id).unwrap_or(0)),
+        task_id: Some(task_id),
         ..step_record.clone()
     };
-    Ok([step_record, task_record])
+    Ok(if task_id == 0 {
+        vec![task_record, step_record]
+    } else {
+        vec![task_record]
+    })
 }
 
 /// The variables of a step or task, as (name, value) pairs in the order they are set.
