@@ -329,47 +329,70 @@ pub fn devices_list_allows(text: &str, major: u32, minor: u32) -> bool {
 /// The GPUs a container in a Slurm step may have: those of `inventory` the records grant,
 /// narrowed to its task's own when the task's environment names them (`task`, the plugin's
 /// per-task `GRES_OCI_GPUS`, which only ever narrows within the grant), and to those the task's
-/// device cgroup lets it open (`devices_list`, Slurm's own answer under ConstrainDevices).
-/// Each GPU is named by UUID when known, else by minor.
+/// device cgroup lets it open (`devices_list`, Slurm's own answer under ConstrainDevices: a
+/// MIG device needs its parent's node and each of its capability nodes). A whole GPU is named
+/// by UUID when known, else by minor; a MIG device by its MIG id.
 pub fn narrow(
     granted: &[PhysicalId],
     task: Option<&[PhysicalId]>,
     devices_list: Option<&str>,
     inventory: &crate::inventory::Inventory,
     devices: &crate::plan::HostDevices,
+    mig_minors: &BTreeMap<String, u32>,
 ) -> Vec<PhysicalId> {
-    let in_grant: Vec<&crate::inventory::Gpu> = inventory
-        .gpus
-        .iter()
-        .filter(|g| granted.iter().any(|id| id.matches(g)))
-        .collect();
-    let in_task: Vec<&crate::inventory::Gpu> = match task {
-        Some(t) => in_grant
-            .iter()
-            .copied()
-            .filter(|g| t.iter().any(|id| id.matches(g)))
-            .collect(),
-        None => Vec::new(),
-    };
-    // A task list that names none of the step's GPUs is not the plugin's: ignore it.
-    let chosen = if in_task.is_empty() {
-        in_grant
-    } else {
-        in_task
-    };
-    chosen
-        .into_iter()
-        .filter(|g| {
-            devices_list.is_none_or(|list| {
-                devices
-                    .get(&format!("nvidia{}", g.minor))
-                    .is_some_and(|d| devices_list_allows(list, d.major, d.minor))
+    // Every device of the node, whole GPUs and MIG devices alike, with the nodes it needs.
+    let mut candidates: Vec<(PhysicalId, Vec<String>)> = Vec::new();
+    for g in &inventory.gpus {
+        let parent = format!("nvidia{}", g.minor);
+        if granted.iter().any(|id| id.matches(g)) {
+            let id = match &g.uuid {
+                Some(u) => PhysicalId::Uuid(u.clone()),
+                None => PhysicalId::Minor(g.minor),
+            };
+            candidates.push((id, vec![parent.clone()]));
+        }
+        for m in &g.migs {
+            let Some(id) = PhysicalId::of_mig(g, m, mig_minors).filter(|id| granted.contains(id))
+            else {
+                continue;
+            };
+            let caps = match &id {
+                PhysicalId::Mig { caps, .. } => caps.as_slice(),
+                _ => &[],
+            };
+            let nodes = std::iter::once(parent.clone())
+                .chain(caps.iter().map(|c| format!("nvidia-caps/nvidia-cap{c}")))
+                .collect();
+            candidates.push((id, nodes));
+        }
+    }
+    let in_task = |id: &PhysicalId| {
+        task.is_some_and(|t| {
+            t.iter().any(|tid| {
+                tid == id
+                    || inventory
+                        .gpus
+                        .iter()
+                        .any(|g| tid.matches(g) && id.matches(g))
             })
         })
-        .map(|g| match &g.uuid {
-            Some(u) => PhysicalId::Uuid(u.clone()),
-            None => PhysicalId::Minor(g.minor),
+    };
+    // A task list that names none of the step's GPUs is not the plugin's: ignore it.
+    if candidates.iter().any(|(id, _)| in_task(id)) {
+        candidates.retain(|(id, _)| in_task(id));
+    }
+    candidates
+        .into_iter()
+        .filter(|(_, nodes)| {
+            devices_list.is_none_or(|list| {
+                nodes.iter().all(|n| {
+                    devices
+                        .get(n)
+                        .is_some_and(|d| devices_list_allows(list, d.major, d.minor))
+                })
+            })
         })
+        .map(|(id, _)| id)
         .collect()
 }
 
@@ -865,29 +888,110 @@ mod tests {
             );
         }
         let names = |v: Vec<PhysicalId>| v.iter().map(ToString::to_string).collect::<Vec<_>>();
+        let none = BTreeMap::new();
         let step = [PhysicalId::Minor(0), PhysicalId::Minor(2)];
         assert_eq!(
-            names(narrow(&step, None, None, &inv, &devs)),
+            names(narrow(&step, None, None, &inv, &devs, &none)),
             ["GPU-a", "GPU-c"]
         );
         let task = [PhysicalId::Uuid("GPU-c".into())];
         assert_eq!(
-            names(narrow(&step, Some(&task), None, &inv, &devs)),
+            names(narrow(&step, Some(&task), None, &inv, &devs, &none)),
             ["GPU-c"]
         );
         // The task list never widens: GPU-b is not the step's, so it is ignored.
         let forged = [PhysicalId::Uuid("GPU-b".into())];
         assert_eq!(
-            names(narrow(&step, Some(&forged), None, &inv, &devs)),
+            names(narrow(&step, Some(&forged), None, &inv, &devs, &none)),
             ["GPU-a", "GPU-c"]
         );
         // The task cgroup has the last word.
         let list = "c 195:0 rwm\nc 195:255 rwm\n";
         assert_eq!(
-            names(narrow(&step, None, Some(list), &inv, &devs)),
+            names(narrow(&step, None, Some(list), &inv, &devs, &none)),
             ["GPU-a"]
         );
-        assert!(narrow(&step, Some(&task), Some(list), &inv, &devs).is_empty());
+        assert!(narrow(&step, Some(&task), Some(list), &inv, &devs, &none).is_empty());
+    }
+
+    #[test]
+    fn mig_devices_narrow_by_their_own_ids_and_nodes() {
+        use crate::inventory::{Gpu, Inventory, Mig, Source};
+        use crate::plan::{DevNum, HostDevices};
+        let mig = |index: u32, gi: u32| Mig {
+            index,
+            uuid: format!("MIG-{index}"),
+            gi,
+            ci: 0,
+        };
+        let inv = Inventory {
+            source: Source::Nvml,
+            driver_version: "1".into(),
+            cuda_version: None,
+            gpus: vec![Gpu {
+                index: 0,
+                minor: 0,
+                uuid: Some("GPU-a".into()),
+                pci_bus_id: "00000000:01:00.0".into(),
+                model: None,
+                arch: None,
+                brand: None,
+                migs: vec![mig(0, 1), mig(1, 2)],
+            }],
+        };
+        let minors: BTreeMap<String, u32> = [
+            ("gpu0/gi1/access", 21),
+            ("gpu0/gi1/ci0/access", 22),
+            ("gpu0/gi2/access", 30),
+            ("gpu0/gi2/ci0/access", 31),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let mut devs = HostDevices::new();
+        devs.insert(
+            "nvidia0".into(),
+            DevNum {
+                major: 195,
+                minor: 0,
+            },
+        );
+        for c in [21, 22, 30, 31] {
+            devs.insert(
+                format!("nvidia-caps/nvidia-cap{c}"),
+                DevNum {
+                    major: 508,
+                    minor: c,
+                },
+            );
+        }
+        let id = |s: &str| PhysicalId::parse(s).unwrap();
+        let names = |v: Vec<PhysicalId>| v.iter().map(ToString::to_string).collect::<Vec<_>>();
+        // The step holds the first slice: not the parent, not the other slice.
+        let step = [id("mig:0/22/21")];
+        assert_eq!(
+            names(narrow(&step, None, None, &inv, &devs, &minors)),
+            ["mig:0/21/22"]
+        );
+        // A grant naming the parent GPU does not cover its slices.
+        assert_eq!(
+            names(narrow(&[id("minor:0")], None, None, &inv, &devs, &minors)),
+            ["GPU-a"]
+        );
+        // Two slices, narrowed by the task's list, then by its cgroup (parent and both caps).
+        let both = [id("mig:0/21/22"), id("mig:0/30/31")];
+        let task = [id("mig:0/30/31")];
+        assert_eq!(
+            names(narrow(&both, Some(&task), None, &inv, &devs, &minors)),
+            ["mig:0/30/31"]
+        );
+        let list = "c 195:0 rw\nc 508:21 rw\nc 508:22 rw\nc 508:30 rw\n";
+        assert_eq!(
+            names(narrow(&both, None, Some(list), &inv, &devs, &minors)),
+            ["mig:0/21/22"]
+        );
+        // A slice's id with the wrong capability set names nothing.
+        assert!(narrow(&[id("mig:0/21/31")], None, None, &inv, &devs, &minors).is_empty());
     }
 
     fn state_dir() -> tempfile::TempDir {

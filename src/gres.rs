@@ -329,7 +329,7 @@ impl GresConf {
         }
         let auto_on = self.resolve_autodetect(node)?.is_some_and(|ad| ad.is_on());
         let mut out: Vec<GresDevice> = Vec::new();
-        let mut seen: HashSet<&Path> = HashSet::new();
+        let mut seen: HashSet<(&Path, &[PathBuf])> = HashSet::new();
         let mut saw_gpu_line = false;
         for rec in self
             .records
@@ -350,7 +350,9 @@ impl GresConf {
                 });
             };
             for (file, extra) in devices {
-                if !seen.insert(file.as_path()) {
+                // MIG devices share their parent's node (`MultipleFiles=/dev/nvidia0,<caps>`):
+                // what must not repeat is the whole set of files.
+                if !seen.insert((file.as_path(), extra.as_slice())) {
                     return Err(GresError::DuplicateDevice {
                         node: node.to_string(),
                         file: rec.file.clone(),
@@ -1300,6 +1302,13 @@ mod tests {
                 "/etc/slurm/gres.conf:2: device /dev/nvidia0 is listed twice",
             ),
             (
+                "the same MIG device twice",
+                "Name=gpu MultipleFiles=/dev/nvidia0,/dev/nvidia-caps/nvidia-cap21\n\
+                 Name=gpu MultipleFiles=/dev/nvidia0,/dev/nvidia-caps/nvidia-cap21\n",
+                "n",
+                "/etc/slurm/gres.conf:2: device /dev/nvidia0 is listed twice",
+            ),
+            (
                 "conflicting global autodetect",
                 "AutoDetect=nvml\nAutoDetect=off\n",
                 "n",
@@ -1350,6 +1359,18 @@ mod tests {
         assert_eq!(devs[0].gpu_type.as_deref(), Some("a100"));
         assert_eq!(devs[1].unique_id, None);
         assert_eq!(devs[1].line, 1);
+        // MIG devices of one parent share its node, as AutoDetect lists them.
+        let conf = parse(
+            "Name=gpu MultipleFiles=/dev/nvidia0,/dev/nvidia-caps/nvidia-cap21,/dev/nvidia-caps/nvidia-cap22\n\
+             Name=gpu MultipleFiles=/dev/nvidia0,/dev/nvidia-caps/nvidia-cap30,/dev/nvidia-caps/nvidia-cap31\n",
+        )
+        .unwrap();
+        let devs = conf.gpus_for_node("n").unwrap();
+        assert_eq!(devs.len(), 2);
+        assert_eq!(
+            devs[1].extra_files[0],
+            PathBuf::from("/dev/nvidia-caps/nvidia-cap30")
+        );
     }
 
     #[test]

@@ -226,7 +226,7 @@ fn valid_uuid(v: &str) -> Option<String> {
     valid_prefixed_uuid(v, "GPU-")
 }
 
-fn valid_prefixed_uuid(v: &str, prefix: &str) -> Option<String> {
+pub fn valid_prefixed_uuid(v: &str, prefix: &str) -> Option<String> {
     let rest = v.strip_prefix(prefix)?;
     let ok = rest.len() == 36
         && rest.char_indices().all(|(i, c)| match i {
@@ -265,6 +265,17 @@ pub fn read_mig_minors(
         out.insert(name.to_owned(), minor.trim().parse().map_err(|_| bad())?);
     }
     Ok(out)
+}
+
+/// Whether the driver shows GPU instances (MIG) on the GPU with this minor:
+/// `<proc_root>/driver/nvidia/capabilities/gpu<minor>/mig/gi<N>`.
+pub fn has_mig_instances(proc_root: &Path, minor: u32) -> bool {
+    let dir = proc_root.join(format!("driver/nvidia/capabilities/gpu{minor}/mig"));
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("gi"))
+    })
 }
 
 /// The MIG devices of an NVML device, empty when MIG is off or unsupported.
@@ -405,6 +416,17 @@ fn scan_dir(dir: &Path, prefix: &str, out: &mut crate::plan::HostDevices) -> std
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mig_instances_from_the_capability_tree() {
+        let d = tempfile::tempdir().unwrap();
+        let mig = d.path().join("driver/nvidia/capabilities/gpu1/mig");
+        std::fs::create_dir_all(mig.join("gi2/ci0")).unwrap();
+        std::fs::create_dir_all(d.path().join("driver/nvidia/capabilities/gpu0/mig")).unwrap();
+        assert!(has_mig_instances(d.path(), 1));
+        assert!(!has_mig_instances(d.path(), 0), "MIG mode on, no instance");
+        assert!(!has_mig_instances(d.path(), 2));
+    }
 
     const H100: &str = "Model:           NVIDIA H100 80GB HBM3
 IRQ:             156

@@ -185,8 +185,8 @@ pub struct Inputs<'a> {
 /// An unknown or MIG GPU id, an unsatisfied requirement, a device node missing on the host.
 pub fn plan(i: &Inputs) -> Result<Plan, PlanError> {
     let inv = i.inventory;
-    let mut selection = i.request.select(inv)?;
-    restrict(&mut selection, i.request, i.allocation)?;
+    let mut selection = i.request.select(inv, i.mig_minors)?;
+    restrict(&mut selection, i.request, i.allocation, i.mig_minors)?;
     let gpus = selection.nodes();
     // A MIG device is judged by its parent's arch and brand, as NVIDIA does.
     let facts: Vec<Facts> = gpus
@@ -356,8 +356,15 @@ pub fn plan(i: &Inputs) -> Result<Plan, PlanError> {
 
 /// Applies the allocation: `all` (NVIDIA's CUDA images carry `NVIDIA_VISIBLE_DEVICES=all`)
 /// means all the step's GPUs; a GPU named explicitly outside the allocation is refused, so a
-/// forged list or another job's GPU fails loudly instead of silently shrinking.
-fn restrict(sel: &mut Selection, request: &Request, alloc: Allocation) -> Result<(), PlanError> {
+/// forged list or another job's GPU fails loudly instead of silently shrinking. A MIG device
+/// needs a MIG id of its own: a whole GPU's id does not cover the slices on it, and a slice's
+/// id does not cover its parent or the other slices.
+fn restrict(
+    sel: &mut Selection,
+    request: &Request,
+    alloc: Allocation,
+    mig_minors: &BTreeMap<String, u32>,
+) -> Result<(), PlanError> {
     let allowed = match alloc {
         Allocation::Unrestricted => return Ok(()),
         Allocation::Denied(_) if sel.gpus.is_empty() && sel.migs.is_empty() => return Ok(()),
@@ -368,18 +375,33 @@ fn restrict(sel: &mut Selection, request: &Request, alloc: Allocation) -> Result
         }
         Allocation::Step(ids) => ids,
     };
-    let ok = |g: &Gpu| allowed.iter().any(|id| id.matches(g));
+    let whole_ok = |g: &Gpu| allowed.iter().any(|id| id.matches(g));
+    let mig_ok = |g: &Gpu, m: &crate::inventory::Mig| {
+        allowed.iter().any(|id| id.matches_mig(g, m, mig_minors))
+    };
     if matches!(request.devices, Devices::Nvidia(DeviceRequest::All)) {
-        sel.gpus.retain(|g| ok(g));
-        sel.migs.retain(|(g, _)| ok(g));
+        sel.gpus.retain(|g| whole_ok(g));
+        sel.migs.retain(|(g, m)| mig_ok(g, m));
         return Ok(());
     }
-    if let Some(g) = sel.nodes().into_iter().find(|g| !ok(g)) {
-        return Err(PlanError::NotAllocated {
-            gpu: g
-                .uuid
+    let outside = sel
+        .gpus
+        .iter()
+        .find(|g| !whole_ok(g))
+        .map(|g| {
+            g.uuid
                 .clone()
-                .unwrap_or_else(|| format!("minor:{}", g.minor)),
+                .unwrap_or_else(|| format!("minor:{}", g.minor))
+        })
+        .or_else(|| {
+            sel.migs
+                .iter()
+                .find(|(g, m)| !mig_ok(g, m))
+                .map(|(_, m)| m.uuid.clone())
+        });
+    if let Some(gpu) = outside {
+        return Err(PlanError::NotAllocated {
+            gpu,
             allocated: allowed
                 .iter()
                 .map(|a| a.to_string())
@@ -551,9 +573,9 @@ mod tests {
         }
     }
 
-    fn plan_for(env: &[&str], config: &Config, layout: Layout) -> Result<Plan, PlanError> {
+    /// [`inventory`] with GPU 2 (minor 1) in MIG mode with two MIG devices.
+    fn mig_inventory() -> Inventory {
         let mut inv = inventory();
-        // GPU 2 (minor 1) is in MIG mode with two MIG devices.
         inv.gpus[2].migs = vec![
             crate::inventory::Mig {
                 index: 0,
@@ -568,7 +590,17 @@ mod tests {
                 ci: 1,
             },
         ];
-        plan_with(env, config, layout, &inv, Allocation::Unrestricted)
+        inv
+    }
+
+    fn plan_for(env: &[&str], config: &Config, layout: Layout) -> Result<Plan, PlanError> {
+        plan_with(
+            env,
+            config,
+            layout,
+            &mig_inventory(),
+            Allocation::Unrestricted,
+        )
     }
 
     fn plan_with(
@@ -783,6 +815,78 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("gpu2/gi9/access"), "{e}");
+    }
+
+    #[test]
+    fn a_step_holding_one_mig_slice_reaches_no_other() {
+        use crate::request::PhysicalId;
+        let c = Config::default();
+        let inv = mig_inventory();
+        // Slurm gave the step the first slice (caps 21, 22 on minor 1), as its gres.conf files.
+        let ids = [PhysicalId::parse("mig:1/22/21").unwrap()];
+        let step = Allocation::Step(&ids);
+        let nodes = |env: &[&str]| {
+            plan_with(env, &c, Layout::Debian, &inv, step).map(|p| {
+                p.device_nodes
+                    .iter()
+                    .map(|d| d.path.display().to_string())
+                    .filter(|p| {
+                        p.contains("caps/")
+                            || p.trim_start_matches("/dev/nvidia").parse::<u32>().is_ok()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        };
+        let own = vec![
+            "/dev/nvidia-caps/nvidia-cap21",
+            "/dev/nvidia-caps/nvidia-cap22",
+            "/dev/nvidia1",
+        ];
+        for env in [
+            &["NVIDIA_VISIBLE_DEVICES=all"][..],
+            &["NVIDIA_VISIBLE_DEVICES=2:0"],
+            &["NVIDIA_VISIBLE_DEVICES=MIG-00000000-0000-0000-0000-0000000000a0"],
+            &["GRES_OCI_GPUS=mig:1/21/22"],
+        ] {
+            assert_eq!(nodes(env).unwrap(), own, "{env:?}");
+        }
+        // The other tenant's slice, the whole parent, or a forged id: refused, naming it.
+        for (env, named) in [
+            (
+                &["NVIDIA_VISIBLE_DEVICES=2:1"][..],
+                "MIG-00000000-0000-0000-0000-0000000000a1",
+            ),
+            (
+                &["NVIDIA_VISIBLE_DEVICES=MIG-00000000-0000-0000-0000-0000000000a1"],
+                "a1",
+            ),
+            (&["GRES_OCI_GPUS=mig:1/30/31"], "a1"),
+            (&["NVIDIA_VISIBLE_DEVICES=2"], "GPU-"),
+            (&["GRES_OCI_GPUS=minor:1"], "GPU-"),
+        ] {
+            let e = nodes(env).unwrap_err().to_string();
+            assert!(
+                e.contains(named) && e.contains("mig:1/21/22"),
+                "{env:?}: {e}"
+            );
+        }
+        // A capability set that is no device of this node.
+        let e = nodes(&["GRES_OCI_GPUS=mig:1/21/31"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mig:1/21/31"), "{e}");
+        // A whole-GPU grant does not cover the slices on it.
+        let whole = [PhysicalId::Minor(1)];
+        let p = plan_with(
+            &["NVIDIA_VISIBLE_DEVICES=all"],
+            &c,
+            Layout::Debian,
+            &inv,
+            Allocation::Step(&whole),
+        )
+        .unwrap();
+        assert!(p.migs.is_empty());
+        assert_eq!(minors(&p), vec![1]);
     }
 
     #[test]

@@ -21,10 +21,18 @@ pub enum PhysicalId {
     PciBusId(String),
     /// The N of `/dev/nvidiaN`.
     Minor(u32),
+    /// A MIG device as Slurm's gres.conf names it (`MultipleFiles=` of the parent node and the
+    /// `nvidia-caps/nvidia-capN` nodes of its GPU and compute instances): the parent's minor
+    /// and the capability minors, sorted. Text `mig:<parent>/<cap>/<cap>`. It names only the
+    /// MIG device, never its whole parent GPU.
+    Mig {
+        parent: u32,
+        caps: Vec<u32>,
+    },
 }
 
 impl PhysicalId {
-    /// `GPU-<uuid>`, a PCI bus id, or `minor:N`.
+    /// `GPU-<uuid>`, a PCI bus id, `minor:N` or `mig:P/C/C`.
     ///
     /// # Errors
     /// Anything else.
@@ -32,6 +40,12 @@ impl PhysicalId {
         let bad = || RequestError::BadPhysical(item.to_owned());
         if let Some(n) = item.strip_prefix("minor:") {
             return n.parse().map(PhysicalId::Minor).map_err(|_| bad());
+        }
+        if let Some(rest) = item.strip_prefix("mig:") {
+            let mut nums = rest.split('/').map(|n| n.parse::<u32>().map_err(|_| bad()));
+            let parent = nums.next().ok_or_else(bad)??;
+            let caps = nums.collect::<Result<Vec<u32>, _>>()?;
+            return PhysicalId::mig(parent, caps).ok_or_else(bad);
         }
         // `get`, not indexing: byte 4 of the container's text may fall inside a character.
         if item
@@ -48,12 +62,40 @@ impl PhysicalId {
             .ok_or_else(bad)
     }
 
+    /// A MIG id from its parent's minor and its capability minors (in any order); `None`
+    /// without capabilities, which would name the parent instead.
+    pub fn mig(parent: u32, mut caps: Vec<u32>) -> Option<PhysicalId> {
+        caps.sort_unstable();
+        caps.dedup();
+        (!caps.is_empty()).then_some(PhysicalId::Mig { parent, caps })
+    }
+
+    /// The id of MIG device `m` of `g`: its capabilities' minors from `mig-minors`. `None`
+    /// when the driver's list lacks one of them.
+    pub fn of_mig(g: &Gpu, m: &Mig, mig_minors: &BTreeMap<String, u32>) -> Option<PhysicalId> {
+        let caps = m
+            .capabilities(g.minor)
+            .iter()
+            .map(|c| mig_minors.get(c).copied())
+            .collect::<Option<Vec<u32>>>()?;
+        PhysicalId::mig(g.minor, caps)
+    }
+
+    /// Whether this names the whole GPU `g`. A MIG id never does.
     pub fn matches(&self, g: &Gpu) -> bool {
         match self {
             PhysicalId::Uuid(u) => g.uuid.as_deref() == Some(u.as_str()),
             PhysicalId::PciBusId(b) => &g.pci_bus_id == b,
             PhysicalId::Minor(m) => g.minor == *m,
+            PhysicalId::Mig { .. } => false,
         }
+    }
+
+    /// Whether this names MIG device `m` of `g`: the same parent and exactly the capability
+    /// nodes the driver gives that device.
+    pub fn matches_mig(&self, g: &Gpu, m: &Mig, mig_minors: &BTreeMap<String, u32>) -> bool {
+        matches!(self, PhysicalId::Mig { .. })
+            && PhysicalId::of_mig(g, m, mig_minors).as_ref() == Some(self)
     }
 }
 
@@ -63,6 +105,10 @@ impl std::fmt::Display for PhysicalId {
             PhysicalId::Uuid(u) => f.write_str(u),
             PhysicalId::PciBusId(b) => f.write_str(b),
             PhysicalId::Minor(m) => write!(f, "minor:{m}"),
+            PhysicalId::Mig { parent, caps } => {
+                write!(f, "mig:{parent}")?;
+                caps.iter().try_for_each(|c| write!(f, "/{c}"))
+            }
         }
     }
 }
@@ -183,6 +229,8 @@ impl Request {
             }),
             Devices::Physical(ids) => ids.iter().all(|id| match id {
                 PhysicalId::Uuid(u) => known(u),
+                // MIG devices come from NVML only.
+                PhysicalId::Mig { .. } => false,
                 _ => true,
             }),
             Devices::Nvidia(_) => true,
@@ -191,10 +239,15 @@ impl Request {
 
     /// What this request selects: whole GPUs and MIG devices, each once, in NVML order.
     /// `all` takes every GPU and every MIG device, as NVIDIA's `--device=all` does.
+    /// `mig_minors` (the driver's capability list) ties the plugin's MIG ids to devices.
     ///
     /// # Errors
     /// An id that matches no GPU or MIG device of the inventory.
-    pub fn select<'a>(&self, inv: &'a Inventory) -> Result<Selection<'a>, RequestError> {
+    pub fn select<'a>(
+        &self,
+        inv: &'a Inventory,
+        mig_minors: &BTreeMap<String, u32>,
+    ) -> Result<Selection<'a>, RequestError> {
         let mut sel = Selection::default();
         match &self.devices {
             Devices::Nvidia(DeviceRequest::None) => {}
@@ -243,9 +296,19 @@ impl Request {
             }
             Devices::Physical(ids) => {
                 for id in ids {
-                    let g = inv.gpus.iter().find(|g| id.matches(g));
-                    sel.gpus
-                        .push(g.ok_or_else(|| RequestError::UnknownGpu(id.to_string()))?);
+                    let unknown = || RequestError::UnknownGpu(id.to_string());
+                    if let PhysicalId::Mig { .. } = id {
+                        let m = inv.gpus.iter().find_map(|g| {
+                            g.migs
+                                .iter()
+                                .find(|m| id.matches_mig(g, m, mig_minors))
+                                .map(|m| (g, m))
+                        });
+                        sel.migs.push(m.ok_or_else(unknown)?);
+                    } else {
+                        let g = inv.gpus.iter().find(|g| id.matches(g));
+                        sel.gpus.push(g.ok_or_else(unknown)?);
+                    }
                 }
             }
         }
@@ -328,6 +391,31 @@ mod tests {
                 PhysicalId::Minor(3),
             ])
         );
+    }
+
+    #[test]
+    fn mig_ids_are_canonical_and_strict() {
+        let m = PhysicalId::parse("mig:3/22/21/22").unwrap();
+        assert_eq!(
+            m,
+            PhysicalId::Mig {
+                parent: 3,
+                caps: vec![21, 22]
+            }
+        );
+        assert_eq!(m.to_string(), "mig:3/21/22");
+        assert_eq!(PhysicalId::parse(&m.to_string()).unwrap(), m);
+        for bad in [
+            "mig:",
+            "mig:3",
+            "mig:3/",
+            "mig:x/1",
+            "mig:3/1/€",
+            "mig:-1/2",
+            "mig:3//4",
+        ] {
+            assert!(PhysicalId::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

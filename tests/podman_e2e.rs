@@ -420,8 +420,8 @@ fn cdi_mig_device_gets_its_parent_and_capability_nodes() {
     let spec = CdiSpec::generate(&node, "yaml");
     let mut want = set(&[
         "nvidia0",
-        "nvidia-caps/nvidia-cap3",
-        "nvidia-caps/nvidia-cap4",
+        "nvidia-caps/nvidia-cap12",
+        "nvidia-caps/nvidia-cap13",
     ]);
     want.extend(CONTROL.iter().map(|s| s.to_string()));
     for name in ["0:0", mig] {

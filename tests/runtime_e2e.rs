@@ -898,10 +898,10 @@ fn mig_devices_get_parent_and_capabilities() {
         "--mig",
         "3:2:0:MIG-11111111-2222-3333-4444-555555555556",
     ]);
-    // minor 3 is NVML index 2; its mig-minors are gi1 3, gi1/ci0 4, gi2 5, gi2/ci0 6.
+    // minor 3 is NVML index 2; its mig-minors are gi1 417, gi1/ci0 418, gi2 426, gi2/ci0 427.
     for (nvd, caps) in [
-        ("MIG-11111111-2222-3333-4444-555555555556", [5, 6]),
-        ("2:0", [3, 4]),
+        ("MIG-11111111-2222-3333-4444-555555555556", [426, 427]),
+        ("2:0", [417, 418]),
     ] {
         let env = [format!("NVIDIA_VISIBLE_DEVICES={nvd}")];
         let env: Vec<&str> = env.iter().map(String::as_str).collect();
@@ -915,7 +915,7 @@ fn mig_devices_get_parent_and_capabilities() {
         let mut want = set(&["nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia3"]);
         want.extend(caps.iter().map(|c| format!("nvidia-caps/nvidia-cap{c}")));
         assert_eq!(seen.nodes(), want, "{nvd}");
-        for c in 3..=6 {
+        for c in [417, 418, 426, 427] {
             let host = seen.open(&format!("/hostdev/nvidia-caps/nvidia-cap{c}"));
             let allowed = caps.contains(&c);
             assert_eq!(

@@ -3,10 +3,12 @@
 //! GPU node whose minors are not in PCI order. They need root and the Slurm, munge, runc and
 //! busybox packages, and fail (never skip) without them. Build first: `cargo build --workspace`.
 //!
-//! Three clusters run one after another (one Slurm at a time on the machine):
+//! The clusters run one after another (one Slurm at a time on the machine):
 //! * `task/none`, gres.conf in minor order (so Slurm's index order is not PCI order);
 //! * `task/cgroup` + `ConstrainDevices=yes`, gres.conf not in minor order;
-//! * `task/none`, gres.conf not in minor order (the core scenarios again).
+//! * `task/none`, gres.conf not in minor order (the core scenarios again);
+//! * MIG: `gres.conf.mig` (four slices on two GPUs, with the fake NVML), `task/none` and then
+//!   ConstrainDevices.
 //!
 //! Expectations are computed from the rendered gres.conf (index → minor, read by the harness
 //! itself) and fake-node.sh's fixed minor → bus id/UUID table, plus a few literal values.
@@ -865,6 +867,126 @@ fn per_task_engine_in_task(c: &Cluster) {
             assert_eq!(got, want, "task {t} of {args:?}: {o}");
         }
     }
+}
+
+/// Lists the container's MIG capability nodes (`CAP N`) and GPU nodes (`DEV N …`), then its
+/// GPU variables.
+const MIG_PROBE: &str = r#"for d in /dev/nvidia-caps/nvidia-cap*; do [ -c "$d" ] && echo "CAP ${d#/dev/nvidia-caps/nvidia-cap}"; done; for d in /dev/nvidia*; do case ${d#/dev/nvidia} in *[!0-9]*|'') ;; *) echo "DEV ${d#/dev/nvidia} $(cat $d 2>&1 </dev/null)";; esac; done; env | grep -E '^(GRES_OCI_GPUS|NVIDIA_VISIBLE_DEVICES|CUDA_VISIBLE_DEVICES)='"#;
+
+/// `gres.conf.mig`'s slices by Slurm index: parent minor and capability minors.
+const MIG_CAPS: [(u32, [u32; 2]); 4] = [
+    (0, [21, 22]),
+    (0, [30, 31]),
+    (1, [156, 157]),
+    (1, [165, 166]),
+];
+
+fn caps_seen(out: &str) -> BTreeSet<u32> {
+    out.lines()
+        .filter_map(|l| l.strip_prefix("CAP ")?.trim().parse().ok())
+        .collect()
+}
+
+/// Issue: records name MIG devices themselves. A step holding one slice gets that slice's
+/// capability nodes and its parent's node whatever its image asks for; another tenant's slice
+/// on the same parent, by UUID, by index or by a forged list, is refused.
+fn mig_slices(c: &Cluster) {
+    let mig_uuid = |i: usize| slurm::MIG_SLICES[i].rsplit(':').next().unwrap().to_owned();
+    let step_index = |out: &str| -> usize {
+        let l = slurm_list(
+            out.lines()
+                .find_map(|l| l.strip_prefix("STEP="))
+                .unwrap_or_else(|| panic!("no STEP= line: {out}")),
+        );
+        assert_eq!(l.len(), 1, "{out}");
+        l[0]
+    };
+    // `all` in a one-slice step, run by an engine in the step.
+    let b = own_bundle(c, "mig-all", &["NVIDIA_VISIBLE_DEVICES=all"], MIG_PROBE);
+    let o = sh(
+        c,
+        &["--gres=gpu:1"],
+        &format!(
+            "echo STEP=$SLURM_STEP_GPUS; {}",
+            runc_line(c, &b, "mig-all")
+        ),
+    )
+    .success();
+    let i = step_index(&o.stdout);
+    let (parent, caps) = MIG_CAPS[i];
+    assert_eq!(caps_seen(&o.stdout), caps.into_iter().collect(), "{o}");
+    assert_eq!(seen(&o.stdout), [parent].into_iter().collect(), "{o}");
+    // The sibling slice on the same parent, asked for in every way the image can.
+    let sibling = if i % 2 == 0 { i + 1 } else { i - 1 };
+    let (sp, sc) = MIG_CAPS[sibling];
+    let nvml_index = |minor: u32| {
+        slurm::FAKE_GPUS
+            .iter()
+            .position(|g| g.0 == minor)
+            .expect("fake GPU")
+    };
+    let forged_env = [
+        format!("NVIDIA_VISIBLE_DEVICES={}", mig_uuid(sibling)),
+        format!("GRES_OCI_GPUS=mig:{sp}/{}/{}", sc[0], sc[1]),
+        format!("NVIDIA_VISIBLE_DEVICES={}", nvml_index(parent)),
+    ];
+    for (n, env) in forged_env.iter().enumerate() {
+        let name = format!("mig-forged{n}");
+        let b = own_bundle(c, &name, &[env.as_str()], MIG_PROBE);
+        let o = sh(
+            c,
+            &["--gres=gpu:1"],
+            &format!("echo STEP=$SLURM_STEP_GPUS; {}", runc_line(c, &b, &name)),
+        );
+        assert!(!o.ok(), "{env}: {o}");
+        assert!(
+            caps_seen(&o.stdout).is_empty(),
+            "{env}: the container ran: {o}"
+        );
+        // runc passes the hook's one-line refusal on.
+        assert!(
+            o.to_string()
+                .contains("is not allocated to this Slurm step"),
+            "{env}: {o}"
+        );
+    }
+    // `srun --container` with two slices: the plugin's list names both by their files.
+    let o = in_container(c, &["--gres=gpu:2"], MIG_PROBE).success();
+    let env = o.env();
+    let ids: Vec<&str> = env["GRES_OCI_GPUS"].split(',').collect();
+    assert_eq!(ids.len(), 2, "{o}");
+    let mut want = BTreeSet::new();
+    for id in &ids {
+        let (_, caps) = MIG_CAPS
+            .iter()
+            .find(|(p, c)| *id == format!("mig:{p}/{}/{}", c[0], c[1]))
+            .unwrap_or_else(|| panic!("{id} names no slice of gres.conf.mig: {o}"));
+        want.extend(caps);
+    }
+    assert_eq!(caps_seen(&o.stdout), want, "{o}");
+    // No UniqueId in this gres.conf: NVIDIA's hook must not be handed the parent.
+    assert_eq!(env["NVIDIA_VISIBLE_DEVICES"], "void", "{o}");
+    assert_eq!(env["CUDA_VISIBLE_DEVICES"], "0,1", "{o}");
+}
+
+#[test]
+fn slurm_mig_slices() {
+    let _lock = slurm::serial();
+    let c = Cluster::start(Setup {
+        cgroup: false,
+        gres_template: "gres.conf.mig",
+        oci_template: "oci.conf",
+    });
+    scenario("mig_slices", || mig_slices(&c));
+    drop(c);
+    // Under ConstrainDevices the task cgroup opens the slice's files only; the hook checks
+    // the parent's node and both capability nodes against it.
+    let c = Cluster::start(Setup {
+        cgroup: true,
+        gres_template: "gres.conf.mig",
+        oci_template: "oci.conf",
+    });
+    scenario("mig_slices", || mig_slices(&c));
 }
 
 #[test]

@@ -175,7 +175,7 @@ fn generate(global_config: Option<&Path>, f: &Flags) -> Result<()> {
     }
 
     let cache = gather::driver_cache(&config)?;
-    let inv = gather::inventory(&config, &cache, None)?;
+    let inv = gather::inventory(&config, &cache, None, false)?;
     let driver = DriverRoot::new(&config, &cache, &inv.driver_version).discover(&capabilities);
     let devices = scan_dev_root(&config.dev_root)?;
     let mig_minors = if inv.gpus.iter().any(|g| !g.migs.is_empty()) {

@@ -35,14 +35,20 @@ pub fn nvml_library(config: &Config, cache: &LdCache) -> Option<PathBuf> {
         .find_map(|e| resolve_in(&config.driver_root, Path::new(&e.value)))
 }
 
-/// The inventory for `request`: procfs when it can answer, else NVML.
+/// The inventory for `request`: procfs when it can answer, else NVML. `mig_grant`: the
+/// container's Slurm step holds MIG devices, which only NVML lists.
 ///
 /// # Errors
-/// Neither source works.
-pub fn inventory(config: &Config, cache: &LdCache, request: Option<&Request>) -> Result<Inventory> {
+/// Neither source works, or NVML does not where only NVML can answer.
+pub fn inventory(
+    config: &Config,
+    cache: &LdCache,
+    request: Option<&Request>,
+    mig_grant: bool,
+) -> Result<Inventory> {
     let procfs = read_procfs(&config.proc_root);
     if let Ok(inv) = &procfs {
-        if request.is_some_and(|r| r.procfs_suffices(inv)) {
+        if !mig_grant && request.is_some_and(|r| r.procfs_suffices(inv)) {
             return Ok(inv.clone());
         }
     }
@@ -63,6 +69,8 @@ pub fn inventory(config: &Config, cache: &LdCache, request: Option<&Request>) ->
         (Err(e), Ok(_)) if needs_nvml_facts => {
             Err(e.context("the container's NVIDIA_REQUIRE_* conditions need NVML"))
         }
+        // Otherwise `all` would quietly select none of the step's MIG devices.
+        (Err(e), Ok(_)) if mig_grant => Err(e.context("the step's MIG devices need NVML")),
         // Without NVML, procfs still serves requests that need no NVML-only facts; the plan
         // then fails on what it lacks (an unknown UUID) with a precise message.
         (Err(e), Ok(inv)) => {
@@ -209,7 +217,14 @@ pub fn build_plan(
     };
     let standing = standing(config, pid)?;
     let cache = driver_cache(config)?;
-    let inv = inventory(config, &cache, Some(&request))?;
+    let mig_grant = match &standing {
+        Standing::InStep { grant, .. } => grant
+            .ids
+            .iter()
+            .any(|id| matches!(id, PhysicalId::Mig { .. })),
+        _ => false,
+    };
+    let inv = inventory(config, &cache, Some(&request), mig_grant)?;
     let driver =
         DriverRoot::new(config, &cache, &inv.driver_version).discover(&request.capabilities);
     for m in &driver.missing {
@@ -237,6 +252,7 @@ pub fn build_plan(
                 devices_list.as_deref(),
                 &inv,
                 &devices,
+                &mig_minors,
             );
             (Allocation::Step(&allowed), Some(step))
         }

@@ -322,7 +322,7 @@ fn info(config: &Config, source: Option<&str>, json: bool) -> Result<()> {
             gres_oci::inventory::read_nvml(&lib)?
         }
         Some(s) => bail!("--source must be procfs or nvml, not {s:?}"),
-        None => gather::inventory(config, &cache, None)?,
+        None => gather::inventory(config, &cache, None, false)?,
     };
     let root = DriverRoot::new(config, &cache, &inv.driver_version);
     let per_cap: Vec<(Capability, _)> = Capability::ALL

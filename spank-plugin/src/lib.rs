@@ -95,6 +95,15 @@ pub enum PluginError {
         #[source]
         source: gres_oci::inventory::InventoryError,
     },
+    #[error(
+        "gres.conf {conf} relies on AutoDetect for node {node:?}, and /dev/nvidia{minor} has MIG \
+         devices, which only NVML lists: name them in gres.conf with MultipleFiles="
+    )]
+    MigWithoutFiles {
+        conf: std::path::PathBuf,
+        node: String,
+        minor: u32,
+    },
     #[error(transparent)]
     Spool(#[from] spool::SpoolError),
     #[error(transparent)]
@@ -241,6 +250,19 @@ fn node_gpus(config: &Config, node: &str) -> Result<Vec<NodeGpu>, PluginError> {
                 ),
                 source,
             })?;
+            // Slurm's list then holds the MIG devices, which procfs cannot number: refuse
+            // rather than hand out a whole parent GPU for one slice's index.
+            if let Some(g) = inv
+                .gpus
+                .iter()
+                .find(|g| gres_oci::inventory::has_mig_instances(&config.proc_root, g.minor))
+            {
+                return Err(PluginError::MigWithoutFiles {
+                    conf: config.gres_conf.clone(),
+                    node: node.to_owned(),
+                    minor: g.minor,
+                });
+            }
             Ok(resolve::table_from_inventory(&inv, &config.dev_root))
         }
         Err(e) => Err(e.into()),

@@ -70,17 +70,47 @@ pub struct NodeGpu {
     pub pci_bus_id: Option<String>,
     /// NVML's index: the rank of the PCI bus id among all the node's GPUs.
     pub nvml_index: Option<u32>,
+    /// For a MIG device (gres.conf's `MultipleFiles=` with `nvidia-caps/nvidia-capN` files, as
+    /// Slurm's AutoDetect writes them): the capability minors, sorted. Empty for a whole GPU;
+    /// `uuid`, `pci_bus_id` and `minor` are then the parent's.
+    pub caps: Vec<u32>,
+    /// For a MIG device, its `MIG-…` UUID when gres.conf's `UniqueId=` gives one.
+    pub mig_uuid: Option<String>,
 }
 
 impl NodeGpu {
-    /// The name the hook understands best: UUID, else PCI bus id, else `minor:N`.
+    /// The name the hook understands best: UUID, else PCI bus id, else `minor:N`; for a MIG
+    /// device the parent's minor with its capability minors (`mig:P/C/C`), which is what
+    /// Slurm's device files vouch for.
     pub fn physical_id(&self) -> String {
+        if let Some(id) = gres_oci::request::PhysicalId::mig(self.minor, self.caps.clone()) {
+            return id.to_string();
+        }
         match (&self.uuid, &self.pci_bus_id) {
             (Some(u), _) => u.clone(),
             (None, Some(b)) => b.clone(),
             (None, None) => format!("minor:{}", self.minor),
         }
     }
+
+    /// The name NVIDIA's own hook would take: the UUID (a MIG device's own, never its
+    /// parent's), else the NVML index of a whole GPU.
+    fn nvidia_id(&self) -> Option<String> {
+        if self.caps.is_empty() {
+            self.uuid
+                .clone()
+                .or_else(|| self.nvml_index.map(|i| i.to_string()))
+        } else {
+            self.mig_uuid.clone()
+        }
+    }
+}
+
+/// Whether a `MultipleFiles=` entry is one of the driver's capability nodes.
+fn is_cap_file(path: &std::path::Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("nvidia-cap"))
 }
 
 fn find_in(inv: Option<&Inventory>, minor: u32) -> Option<&Gpu> {
@@ -88,7 +118,8 @@ fn find_in(inv: Option<&Inventory>, minor: u32) -> Option<&Gpu> {
 }
 
 /// Builds the node's table from gres.conf's devices: `minor_of` gives a device file's minor
-/// (the caller stats it); `inv` adds UUID and bus id where procfs knows the minor. With
+/// (the caller stats it), also for a MIG device's capability files; `inv` adds UUID and bus id
+/// where procfs knows the minor. With
 /// `autodetect` on, the table is re-sorted into PCI bus order (see the module doc); GPUs procfs
 /// does not know then keep their relative file order after the known ones.
 ///
@@ -104,6 +135,19 @@ pub fn node_table(
     for d in devices {
         let minor = minor_of(&d.file)?;
         let g = find_in(inv, minor);
+        let mut caps = Vec::new();
+        for f in d.extra_files.iter().filter(|f| is_cap_file(f)) {
+            caps.push(minor_of(f)?);
+        }
+        caps.sort_unstable();
+        caps.dedup();
+        let mig_uuid = if caps.is_empty() {
+            None
+        } else {
+            d.unique_id
+                .as_deref()
+                .and_then(|u| gres_oci::inventory::valid_prefixed_uuid(u, "MIG-"))
+        };
         out.push(NodeGpu {
             index: d.index,
             file: d.file.clone(),
@@ -111,6 +155,8 @@ pub fn node_table(
             uuid: g.and_then(|g| g.uuid.clone()),
             pci_bus_id: g.map(|g| g.pci_bus_id.clone()),
             nvml_index: g.map(|g| g.index),
+            caps,
+            mig_uuid,
         });
     }
     if autodetect {
@@ -140,6 +186,8 @@ pub fn table_from_inventory(inv: &Inventory, dev_root: &std::path::Path) -> Vec<
             uuid: g.uuid.clone(),
             pci_bus_id: Some(g.pci_bus_id.clone()),
             nvml_index: Some(g.index),
+            caps: Vec::new(),
+            mig_uuid: None,
         })
         .collect()
 }
@@ -200,14 +248,7 @@ pub fn gpu_env(gpus: &[&NodeGpu]) -> GpuEnv {
         .map(|g| g.physical_id())
         .collect::<Vec<_>>()
         .join(",");
-    let nvd: Option<Vec<String>> = gpus
-        .iter()
-        .map(|g| {
-            g.uuid
-                .clone()
-                .or_else(|| g.nvml_index.map(|i| i.to_string()))
-        })
-        .collect();
+    let nvd: Option<Vec<String>> = gpus.iter().map(|g| g.nvidia_id()).collect();
     let nvidia_visible_devices = match nvd {
         Some(v) if !v.is_empty() => v.join(","),
         _ => "void".to_owned(),
@@ -232,10 +273,13 @@ pub fn gpu_env(gpus: &[&NodeGpu]) -> GpuEnv {
 pub fn container_ranks(gpus: &[&NodeGpu]) -> Vec<usize> {
     let all_known = gpus.iter().all(|g| g.pci_bus_id.is_some());
     let mut order: Vec<usize> = (0..gpus.len()).collect();
+    // MIG devices on one parent follow their capability minors (GPU instance order).
     if all_known {
-        order.sort_by(|&a, &b| gpus[a].pci_bus_id.cmp(&gpus[b].pci_bus_id));
+        order.sort_by(|&a, &b| {
+            (&gpus[a].pci_bus_id, &gpus[a].caps).cmp(&(&gpus[b].pci_bus_id, &gpus[b].caps))
+        });
     } else {
-        order.sort_by_key(|&a| gpus[a].minor);
+        order.sort_by_key(|&a| (gpus[a].minor, &gpus[a].caps));
     }
     let mut rank = vec![0; gpus.len()];
     for (r, &i) in order.iter().enumerate() {
@@ -497,7 +541,8 @@ mod tests {
 
     fn minor_from_name(p: &Path) -> Result<u32, ResolveError> {
         let name = p.file_name().unwrap().to_str().unwrap();
-        name.strip_prefix("nvidia")
+        name.strip_prefix("nvidia-cap")
+            .or_else(|| name.strip_prefix("nvidia"))
             .and_then(|n| n.parse().ok())
             .ok_or_else(|| ResolveError::Device {
                 path: p.to_owned(),
@@ -594,6 +639,37 @@ mod tests {
         assert_eq!(none.gres_oci_gpus, "");
         assert_eq!(none.nvidia_visible_devices, "void");
         assert_eq!(none.container_cvd, None);
+    }
+
+    #[test]
+    fn mig_devices_as_autodetect_writes_them() {
+        // Two slices of nvidia0 and the whole nvidia1, the way Slurm's AutoDetect lists MIG
+        // devices: the parent node, then the GPU and compute instance capability nodes.
+        let conf = "Name=gpu Type=1g.10gb UniqueId=MIG-5c89e3b2-0a1f-5d6e-8b7c-9d0e1f2a3b4c \
+                    MultipleFiles=/dev/nvidia0,/dev/nvidia-caps/nvidia-cap22,/dev/nvidia-caps/nvidia-cap21\n\
+                    Name=gpu Type=1g.10gb MultipleFiles=/dev/nvidia0,/dev/nvidia-caps/nvidia-cap30,/dev/nvidia-caps/nvidia-cap31\n\
+                    Name=gpu Type=h100 File=/dev/nvidia1\n";
+        let t = table(conf, "n");
+        assert_eq!(t[0].caps, vec![21, 22]);
+        assert_eq!(t[1].caps, vec![30, 31]);
+        assert!(t[2].caps.is_empty());
+        let s = select(&t, &[1, 0], "n").unwrap();
+        let e = gpu_env(&s);
+        assert_eq!(e.gres_oci_gpus, "mig:0/21/22,mig:0/30/31");
+        // NVIDIA's hook needs the slice's own UUID; the second has none, so it gets nothing.
+        assert_eq!(e.nvidia_visible_devices, "void");
+        assert_eq!(e.container_cvd.as_deref(), Some("0,1"));
+        let one = gpu_env(&select(&t, &[0], "n").unwrap());
+        assert_eq!(
+            one.nvidia_visible_devices,
+            "MIG-5c89e3b2-0a1f-5d6e-8b7c-9d0e1f2a3b4c"
+        );
+        // A slice and a whole GPU: the whole one is named as before.
+        let mixed = gpu_env(&select(&t, &[1, 2], "n").unwrap());
+        assert_eq!(
+            mixed.gres_oci_gpus,
+            "mig:0/30/31,GPU-00000000-0000-0000-0000-000000000073"
+        );
     }
 
     #[test]

@@ -386,7 +386,8 @@ impl Cluster {
         let out = run(
             Command::new("bash")
                 .arg(repo().join("tests/fixtures/fake-node.sh"))
-                .arg(&node),
+                .arg(&node)
+                .args(fake_node_args(setup.gres_template)),
             Duration::from_secs(60),
         );
         assert!(out.ok(), "fake-node.sh failed: {out}");
@@ -891,15 +892,43 @@ pub fn stepds_in(root: &Path) -> Vec<libc::pid_t> {
     out
 }
 
+/// The MIG devices of `gres.conf.mig`, as `fake-node.sh --mig` takes them: two slices on each
+/// of minors 0 and 1 (GPU instances 2 and 3, compute instance 0).
+pub const MIG_SLICES: [&str; 4] = [
+    "0:2:0:MIG-5c89e3b2-0a1f-5d6e-8b7c-9d0e1f2a3b40",
+    "0:3:0:MIG-5c89e3b2-0a1f-5d6e-8b7c-9d0e1f2a3b41",
+    "1:2:0:MIG-5c89e3b2-0a1f-5d6e-8b7c-9d0e1f2a3b42",
+    "1:3:0:MIG-5c89e3b2-0a1f-5d6e-8b7c-9d0e1f2a3b43",
+];
+
+/// fake-node.sh's arguments for a gres.conf template: the MIG one needs the fake NVML (only
+/// NVML lists MIG devices) and the slices it names.
+fn fake_node_args(gres_template: &str) -> Vec<String> {
+    if gres_template != "gres.conf.mig" {
+        return Vec::new();
+    }
+    let mut args = vec![
+        "--nvml".to_owned(),
+        support::built("libfake_nvml.so").display().to_string(),
+    ];
+    for m in MIG_SLICES {
+        args.extend(["--mig".to_owned(), m.to_owned()]);
+    }
+    args
+}
+
 /// The minors a rendered gres.conf lists for the node, in file order (the test's own reading,
 /// independent of the plugin's parser: `File=` values with `[a,b-c]` ranges).
 fn gres_minors(text: &str) -> Vec<u32> {
     let mut out = Vec::new();
     for line in text.lines().map(|l| l.split('#').next().unwrap_or("")) {
-        let Some(file) = line
-            .split_whitespace()
-            .find_map(|t| t.strip_prefix("File="))
-        else {
+        // A MIG device's line names its parent's node first.
+        let Some(file) = line.split_whitespace().find_map(|t| {
+            t.strip_prefix("File=").or_else(|| {
+                t.strip_prefix("MultipleFiles=")
+                    .and_then(|f| f.split(',').next())
+            })
+        }) else {
             continue;
         };
         for item in split_top(file) {
