@@ -16,7 +16,7 @@ mod slurm24;
 use std::collections::BTreeSet;
 
 use serde_json::{json, Value};
-use slurm::{devices, scenario, Client, Cluster, Env, Setup};
+use slurm::{devices, engine, scenario, Client, Cluster, Env, Setup};
 
 const PROBE_SH: &str = r#"for d in /dev/nvidia*; do case ${d#/dev/nvidia} in *[!0-9]*|'') ;; *) echo "DEV ${d#/dev/nvidia} $(cat $d 2>&1 </dev/null)";; esac; done; env"#;
 const ENXIO: &str = "No such device or address";
@@ -204,7 +204,7 @@ fn slurm24_task_none_not_minor_order() {
         },
         Env {
             wrap: root.wrap(),
-            plugin: Some(plugin),
+            plugin: Some(plugin.clone()),
             munge_ids: Some(slurm24::ids_in(&dir, "munge")),
         },
     );
@@ -219,6 +219,30 @@ fn slurm24_task_none_not_minor_order() {
     scenario("batch steps", || batch_steps(&c));
     scenario("forged GPU lists", || forged_gpu_lists(&c));
     scenario("broken gres.conf", || broken_gres_conf(&c));
+    // The engine in the job: detached from the step, opted out, per task.
+    scenario("tree escapes", || engine::tree_escapes(&c));
+    scenario("opted-out step is bounded", || {
+        engine::opted_out_step_is_bounded(&c)
+    });
+    scenario("per-task engine in task", || {
+        engine::per_task_engine_in_task(&c)
+    });
+    drop(c);
+    // MIG slices listed as AutoDetect lists them.
+    let c = Cluster::start_in(
+        Setup {
+            cgroup: false,
+            gres_template: "gres.conf.mig",
+            oci_template: "oci.conf",
+        },
+        Env {
+            wrap: root.wrap(),
+            plugin: Some(plugin),
+            munge_ids: Some(slurm24::ids_in(&dir, "munge")),
+        },
+    );
+    prepare_bundle(&c);
+    scenario("MIG slices", || engine::mig_slices(&c));
     drop(c);
     drop(root);
 }

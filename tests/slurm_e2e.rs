@@ -18,7 +18,8 @@ mod slurm;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use slurm::{devices, scenario, slurm_list, uuid_of_minor, Client, Cluster, Out, Running, Setup};
+use slurm::engine::*;
+use slurm::{devices, scenario, slurm_list, uuid_of_minor, Client, Cluster, Running, Setup};
 
 /// Prints each device node `/dev/nvidiaN` with what opening it says, the environment, and
 /// the cgroups. ENXIO ("No such device or address") = allowed; EPERM = denied by the cgroup.
@@ -39,24 +40,6 @@ fn minors_in(gpus: &str) -> BTreeSet<u32> {
                 .0
         })
         .collect()
-}
-
-fn sh(c: &Cluster, srun_args: &[&str], script: &str) -> Out {
-    let mut args: Vec<&str> = srun_args.to_vec();
-    args.extend(["/bin/sh", "-c", script]);
-    c.srun(&args)
-}
-
-fn container_args<'a>(c: &'a Cluster, extra: &[&'a str]) -> Vec<String> {
-    let mut v = vec![format!("--container={}", c.bundle.display())];
-    v.extend(extra.iter().map(|s| s.to_string()));
-    v
-}
-
-fn in_container(c: &Cluster, extra: &[&str], script: &str) -> Out {
-    let args = container_args(c, extra);
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    sh(c, &refs, script)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -312,17 +295,6 @@ fn batch_container(c: &Cluster) {
     assert_eq!(devs, want, "{text}");
 }
 
-/// The minors task `task`'s probe lines (`T<task> DEV <minor> <open result>`) show: all of
-/// them, or with `open_only` those it may open (ENXIO).
-fn task_devices(out: &str, task: usize, open_only: bool) -> BTreeSet<u32> {
-    let prefix = format!("T{task} DEV ");
-    out.lines()
-        .filter_map(|l| l.strip_prefix(&prefix))
-        .filter(|l| !open_only || l.contains(ENXIO))
-        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
-        .collect()
-}
-
 fn per_task_binding(c: &Cluster) {
     // Each task prints its list and what it may open among the node's four GPUs.
     let probe = format!(
@@ -493,62 +465,6 @@ fn constrained_host_step(c: &Cluster) {
 
 // ---------------------------------------------------------------------------------------
 
-/// A bundle the job runs with runc itself (not `--container`), so nothing of the plugin's
-/// reaches its environment: only what the user wrote, forged values included.
-fn own_bundle(c: &Cluster, name: &str, env: &[&str], script: &str) -> std::path::PathBuf {
-    let dir = c.root.join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let cp = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(c.bundle.join("rootfs"))
-        .arg(dir.join("rootfs"))
-        .status()
-        .unwrap();
-    assert!(cp.success());
-    std::fs::create_dir_all(dir.join("rootfs/hostdev")).unwrap();
-    let mut spec: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(c.bundle.join("config.json")).unwrap()).unwrap();
-    spec["process"]["args"] = serde_json::json!(["/bin/sh", "-c", script]);
-    let e = spec["process"]["env"].as_array_mut().unwrap();
-    e.extend(env.iter().map(|v| serde_json::json!(v)));
-    spec["mounts"].as_array_mut().unwrap().push(serde_json::json!({
-        "destination": "/hostdev", "type": "bind", "source": c.node.join("dev"), "options": ["rbind", "ro"]
-    }));
-    if c.setup.cgroup {
-        // Under ConstrainDevices runc 1.1 cannot write its default device rules below the
-        // task's cgroup; with one allow-all rule it writes none, and the container keeps the
-        // task cgroup's limits (as the plugin's spool patch does for `--container`).
-        spec["linux"]["resources"]["devices"] =
-            serde_json::json!([{"allow": true, "access": "rwm"}]);
-    }
-    spec["hooks"] = serde_json::json!({"prestart": [{
-        "path": slurm::hook_bin(),
-        "args": ["gres-oci-hook", format!("-config={}", c.node.join("config.toml").display()), "prestart"],
-    }]});
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_vec_pretty(&spec).unwrap(),
-    )
-    .unwrap();
-    dir
-}
-
-fn runc_args(c: &Cluster, bundle: &std::path::Path, id: &str) -> Vec<String> {
-    vec![
-        "runc".into(),
-        "--root".into(),
-        c.root.join("own-runc").display().to_string(),
-        "run".into(),
-        "--bundle".into(),
-        bundle.display().to_string(),
-        id.into(),
-    ]
-}
-
-/// What `/hostdev/nvidiaN` (the node's real nodes, bound in) says when opened.
-const HOSTDEV_PROBE: &str = r#"for d in /dev/nvidia*; do case ${d#/dev/nvidia} in *[!0-9]*|'') ;; *) echo "DEV ${d#/dev/nvidia} $(cat $d 2>&1 </dev/null)";; esac; done; for d in /hostdev/nvidia[0-9]*; do echo "HOST ${d#/hostdev/nvidia} $(cat $d 2>&1 </dev/null)"; done"#;
-
 /// Issue 4's allocation containment: whatever a job's container asks for through its own
 /// environment (`all`, a forged `GRES_OCI_GPUS`, another job's GPUs), it gets only what Slurm
 /// allocated to its step, and its device cgroup opens only those.
@@ -642,16 +558,6 @@ fn allocation_containment(c: &Cluster) {
     assert!(left.is_empty(), "stale allocation records: {left:?}");
 }
 
-/// `runc run` of `bundle` as container `id`, as a shell command line.
-fn runc_line(c: &Cluster, bundle: &std::path::Path, id: &str) -> String {
-    runc_args(c, bundle, id).join(" ")
-}
-
-/// The GPUs a container's probe output shows: its `/dev/nvidiaN` minors.
-fn seen(out: &str) -> BTreeSet<u32> {
-    devices(out).keys().copied().collect()
-}
-
 /// Issue: a list that becomes a record comes from what Slurm sets for the step type. The
 /// submitter forges every variable the plugin could read; the container asks for `all` and
 /// must still see exactly its job's or step's GPUs.
@@ -722,45 +628,6 @@ fn forged_gpu_lists(c: &Cluster) {
     assert_eq!(seen(&text), want, "the inner job's container\n{o}\n{text}");
 }
 
-/// Issue: the process tree is not an identity. A step's process that leaves the tree (setsid,
-/// a double fork) still starts its container inside the job's cgroups, which name the step;
-/// where Slurm keeps no cgroups, the container counts as in no job, which gets nothing on a
-/// node that runs the plugin.
-fn tree_escapes(c: &Cluster) {
-    let b = own_bundle(c, "escape", &["NVIDIA_VISIBLE_DEVICES=all"], HOSTDEV_PROBE);
-    let work = c.root.join("work");
-    for (name, detach) in [
-        ("setsid", "setsid -f sh -c"),
-        ("double-fork", "sh -c '(sh -c \"$0\" &)'"),
-    ] {
-        let out = work.join(format!("escape-{name}.out"));
-        let _ = std::fs::remove_file(&out);
-        let _ = std::fs::remove_file(out.with_extension("done"));
-        let inner = format!(
-            "{} > {o} 2>&1; touch {d}",
-            runc_line(c, &b, &format!("escape-{name}")),
-            o = out.display(),
-            d = out.with_extension("done").display()
-        );
-        let script = format!(
-            "{detach} '{inner}'; for i in $(seq 200); do [ -e {d} ] && break; sleep 0.05; done; cat {o}",
-            d = out.with_extension("done").display(),
-            o = out.display()
-        );
-        let o = sh(c, &["--gres=gpu:1"], &script);
-        let text = std::fs::read_to_string(&out).unwrap_or_default();
-        if c.setup.cgroup {
-            assert_eq!(seen(&text).len(), 1, "{name}: {o}\n{text}");
-        } else {
-            assert!(seen(&text).is_empty(), "{name}: {o}\n{text}");
-            assert!(
-                text.contains("in no Slurm job") && text.contains("outside-slurm"),
-                "{name}: {o}\n{text}"
-            );
-        }
-    }
-}
-
 /// Issue: ssh through pam_slurm_adopt lands in the job's extern step cgroup, outside any
 /// slurmstepd's tree. Done here the way pam_slurm_adopt does it (root writes the pid into the
 /// step_extern cgroups); the container gets the job's GPUs on the node, from the prolog's
@@ -812,161 +679,6 @@ fn adopted_into_extern_step(c: &Cluster) {
     let want: BTreeSet<u32> = c.minors_of(&job_gpus).into_iter().collect();
     assert!(o.ok(), "{o}");
     assert_eq!(seen(&o.stdout), want, "{o}");
-}
-
-/// Issue: an opted-out step still has a record, and the state dir exists from slurmd's
-/// start, so no step's container gets GPUs the step does not hold.
-fn opted_out_step_is_bounded(c: &Cluster) {
-    let state = c.root.join("gres-oci-state");
-    assert!(
-        state.is_dir(),
-        "the plugin makes {} when slurmd loads it",
-        state.display()
-    );
-    let b = own_bundle(c, "optout", &["NVIDIA_VISIBLE_DEVICES=all"], HOSTDEV_PROBE);
-    let mut args = vec!["--gres-oci=off".to_string(), "--gres=gpu:1".to_string()];
-    args.extend(runc_args(c, &b, "optout"));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let o = c.srun(&refs).success();
-    assert_eq!(seen(&o.stdout).len(), 1, "{o}");
-}
-
-/// Issue: each task running its own engine (Sarus per task) gets exactly its task's GPU:
-/// under ConstrainDevices the one its task cgroup opens, otherwise the one Slurm names.
-fn per_task_engine_in_task(c: &Cluster) {
-    let probe = |t: usize| {
-        format!(
-            r#"for d in /dev/nvidia*; do case ${{d#/dev/nvidia}} in *[!0-9]*|'') ;; *) echo "T{t} DEV ${{d#/dev/nvidia}} $(cat $d 2>&1 </dev/null)";; esac; done"#
-        )
-    };
-    for t in 0..2 {
-        own_bundle(
-            c,
-            &format!("pt{t}"),
-            &["NVIDIA_VISIBLE_DEVICES=all"],
-            &probe(t),
-        );
-    }
-    let cases: [(&[&str], [usize; 2]); 2] = [
-        (&["-n2", "--gpus-per-task=1"], [0, 1]),
-        (&["-n2", "--gres=gpu:4", "--gpu-bind=map_gpu:3,1"], [3, 1]),
-    ];
-    for (args, want) in cases {
-        let script = format!(
-            "runc --root {} run --bundle {}/pt$SLURM_LOCALID pt$SLURM_LOCALID-$SLURM_JOB_ID",
-            c.root.join("own-runc").display(),
-            c.root.display()
-        );
-        let o = sh(c, args, &script);
-        assert!(o.ok(), "{args:?}: {o}");
-        for (t, idx) in want.iter().enumerate() {
-            let got = task_devices(&o.stdout, t, true);
-            let all = task_devices(&o.stdout, t, false);
-            let want: BTreeSet<u32> = c.minors_of(&[*idx]).into_iter().collect();
-            assert_eq!(all, want, "task {t} of {args:?}: {o}");
-            assert_eq!(got, want, "task {t} of {args:?}: {o}");
-        }
-    }
-}
-
-/// Lists the container's MIG capability nodes (`CAP N`) and GPU nodes (`DEV N …`), then its
-/// GPU variables.
-const MIG_PROBE: &str = r#"for d in /dev/nvidia-caps/nvidia-cap*; do [ -c "$d" ] && echo "CAP ${d#/dev/nvidia-caps/nvidia-cap}"; done; for d in /dev/nvidia*; do case ${d#/dev/nvidia} in *[!0-9]*|'') ;; *) echo "DEV ${d#/dev/nvidia} $(cat $d 2>&1 </dev/null)";; esac; done; env | grep -E '^(GRES_OCI_GPUS|NVIDIA_VISIBLE_DEVICES|CUDA_VISIBLE_DEVICES)='"#;
-
-/// `gres.conf.mig`'s slices by Slurm index: parent minor and capability minors.
-const MIG_CAPS: [(u32, [u32; 2]); 4] = [
-    (0, [21, 22]),
-    (0, [30, 31]),
-    (1, [156, 157]),
-    (1, [165, 166]),
-];
-
-fn caps_seen(out: &str) -> BTreeSet<u32> {
-    out.lines()
-        .filter_map(|l| l.strip_prefix("CAP ")?.trim().parse().ok())
-        .collect()
-}
-
-/// Issue: records name MIG devices themselves. A step holding one slice gets that slice's
-/// capability nodes and its parent's node whatever its image asks for; another tenant's slice
-/// on the same parent, by UUID, by index or by a forged list, is refused.
-fn mig_slices(c: &Cluster) {
-    let mig_uuid = |i: usize| slurm::MIG_SLICES[i].rsplit(':').next().unwrap().to_owned();
-    let step_index = |out: &str| -> usize {
-        let l = slurm_list(
-            out.lines()
-                .find_map(|l| l.strip_prefix("STEP="))
-                .unwrap_or_else(|| panic!("no STEP= line: {out}")),
-        );
-        assert_eq!(l.len(), 1, "{out}");
-        l[0]
-    };
-    // `all` in a one-slice step, run by an engine in the step.
-    let b = own_bundle(c, "mig-all", &["NVIDIA_VISIBLE_DEVICES=all"], MIG_PROBE);
-    let o = sh(
-        c,
-        &["--gres=gpu:1"],
-        &format!(
-            "echo STEP=$SLURM_STEP_GPUS; {}",
-            runc_line(c, &b, "mig-all")
-        ),
-    )
-    .success();
-    let i = step_index(&o.stdout);
-    let (parent, caps) = MIG_CAPS[i];
-    assert_eq!(caps_seen(&o.stdout), caps.into_iter().collect(), "{o}");
-    assert_eq!(seen(&o.stdout), [parent].into_iter().collect(), "{o}");
-    // The sibling slice on the same parent, asked for in every way the image can.
-    let sibling = if i % 2 == 0 { i + 1 } else { i - 1 };
-    let (sp, sc) = MIG_CAPS[sibling];
-    let nvml_index = |minor: u32| {
-        slurm::FAKE_GPUS
-            .iter()
-            .position(|g| g.0 == minor)
-            .expect("fake GPU")
-    };
-    let forged_env = [
-        format!("NVIDIA_VISIBLE_DEVICES={}", mig_uuid(sibling)),
-        format!("GRES_OCI_GPUS=mig:{sp}/{}/{}", sc[0], sc[1]),
-        format!("NVIDIA_VISIBLE_DEVICES={}", nvml_index(parent)),
-    ];
-    for (n, env) in forged_env.iter().enumerate() {
-        let name = format!("mig-forged{n}");
-        let b = own_bundle(c, &name, &[env.as_str()], MIG_PROBE);
-        let o = sh(
-            c,
-            &["--gres=gpu:1"],
-            &format!("echo STEP=$SLURM_STEP_GPUS; {}", runc_line(c, &b, &name)),
-        );
-        assert!(!o.ok(), "{env}: {o}");
-        assert!(
-            caps_seen(&o.stdout).is_empty(),
-            "{env}: the container ran: {o}"
-        );
-        // runc passes the hook's one-line refusal on.
-        assert!(
-            o.to_string()
-                .contains("is not allocated to this Slurm step"),
-            "{env}: {o}"
-        );
-    }
-    // `srun --container` with two slices: the plugin's list names both by their files.
-    let o = in_container(c, &["--gres=gpu:2"], MIG_PROBE).success();
-    let env = o.env();
-    let ids: Vec<&str> = env["GRES_OCI_GPUS"].split(',').collect();
-    assert_eq!(ids.len(), 2, "{o}");
-    let mut want = BTreeSet::new();
-    for id in &ids {
-        let (_, caps) = MIG_CAPS
-            .iter()
-            .find(|(p, c)| *id == format!("mig:{p}/{}/{}", c[0], c[1]))
-            .unwrap_or_else(|| panic!("{id} names no slice of gres.conf.mig: {o}"));
-        want.extend(caps);
-    }
-    assert_eq!(caps_seen(&o.stdout), want, "{o}");
-    // No UniqueId in this gres.conf: NVIDIA's hook must not be handed the parent.
-    assert_eq!(env["NVIDIA_VISIBLE_DEVICES"], "void", "{o}");
-    assert_eq!(env["CUDA_VISIBLE_DEVICES"], "0,1", "{o}");
 }
 
 #[test]

@@ -12,6 +12,7 @@
 
 #![allow(dead_code)]
 
+pub mod engine;
 #[path = "../support/mod.rs"]
 mod support;
 
