@@ -729,6 +729,7 @@ fn slurm_task_none_minor_order() {
         opted_out_step_is_bounded(&c)
     });
     scenario("per_task_engine_in_task", || per_task_engine_in_task(&c));
+    scenario("daemon_started_container", || daemon_started_container(&c));
     scenario("batch_steps", || batch_steps(&c));
     scenario("batch_container", || batch_container(&c));
     scenario("per_task_binding", || per_task_binding(&c));
@@ -761,6 +762,7 @@ fn slurm_constrain_devices_not_minor_order() {
         opted_out_step_is_bounded(&c)
     });
     scenario("per_task_engine_in_task", || per_task_engine_in_task(&c));
+    scenario("daemon_started_container", || daemon_started_container(&c));
     scenario("batch_steps", || batch_steps(&c));
     scenario("batch_container", || batch_container(&c));
     scenario("per_task_binding", || per_task_binding(&c));

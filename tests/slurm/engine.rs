@@ -296,3 +296,66 @@ pub fn mig_slices(c: &Cluster) {
     assert_eq!(env["NVIDIA_VISIBLE_DEVICES"], "void", "{o}");
     assert_eq!(env["CUDA_VISIBLE_DEVICES"], "0,1", "{o}");
 }
+
+/// Issue: an engine whose containers a daemon starts. podman's conmon double-forks away from
+/// the step, so the container has no slurmstepd ancestor; podman also puts it into cgroups of
+/// its own (`libpod_parent`), outside the job. Either way it is in no job, which on a node
+/// that runs the plugin gets nothing: `all` in a one-GPU step never yields the node's GPUs.
+/// With `--cgroups=disabled` the container stays in the step's cgroups and gets the step's GPU
+/// where Slurm keeps cgroups.
+pub fn daemon_started_container(c: &Cluster) {
+    let rootfs = c.root.join("podman-rootfs");
+    let _ = std::fs::remove_dir_all(&rootfs);
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(c.bundle.join("rootfs"))
+        .arg(&rootfs)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    std::fs::create_dir_all(rootfs.join("hostdev")).unwrap();
+    std::fs::write(rootfs.join("probe-host.sh"), HOSTDEV_PROBE).unwrap();
+    // The shipped hooks.d entry, pointed at the built hook and this node's config.
+    let hooks = c.root.join("podman-hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    let shipped = super::repo().join("slurm-conf/hooks.d/gres-oci-podman.json");
+    let text = std::fs::read_to_string(&shipped)
+        .unwrap()
+        .replace(
+            "/usr/bin/gres-oci-hook",
+            &super::hook_bin().display().to_string(),
+        )
+        .replace(
+            "/etc/gres-oci/config.toml",
+            &c.node.join("config.toml").display().to_string(),
+        );
+    std::fs::write(hooks.join("gres-oci-podman.json"), text).unwrap();
+    let podman = |name: &str, extra: &str| {
+        format!(
+            "podman --hooks-dir {h} run --rm --name {name}-$SLURM_JOB_ID --network none {extra} \
+             --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
+             --annotation org.gres-oci.gpus=1 -e NVIDIA_VISIBLE_DEVICES=all \
+             -v {dev}:/hostdev --rootfs {r} /bin/sh /probe-host.sh",
+            h = hooks.display(),
+            dev = c.node.join("dev").display(),
+            r = rootfs.display(),
+        )
+    };
+    let o = sh(c, &["--gres=gpu:1"], &podman("gres-oci-conmon", ""));
+    assert!(seen(&o.stdout).is_empty(), "podman's container: {o}");
+    assert!(!o.ok(), "{o}");
+    assert!(
+        c.hook_log().contains("in no Slurm job"),
+        "the hook's refusal: {}\n{o}",
+        c.hook_log()
+    );
+    if c.setup.cgroup {
+        let o = sh(
+            c,
+            &["--gres=gpu:1"],
+            &podman("gres-oci-nocg", "--cgroups=disabled"),
+        );
+        assert!(o.ok(), "{o}");
+        assert_eq!(seen(&o.stdout).len(), 1, "{o}");
+    }
+}
