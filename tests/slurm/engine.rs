@@ -3,6 +3,7 @@
 //! forges or escapes the way an allocation-identity defence must withstand.
 
 use std::collections::BTreeSet;
+use std::os::unix::process::CommandExt;
 
 use super::{devices, slurm_list, Client, Cluster, Out};
 
@@ -358,4 +359,43 @@ pub fn daemon_started_container(c: &Cluster) {
         assert!(o.ok(), "{o}");
         assert_eq!(seen(&o.stdout).len(), 1, "{o}");
     }
+}
+
+/// Issue: `at` runs the job's command from atd, outside every Slurm process tree and cgroup.
+/// The container it starts is in no job and gets nothing. atd runs for this scenario only.
+pub fn at_job_escape(c: &Cluster) {
+    let b = own_bundle(c, "at-job", &["NVIDIA_VISIBLE_DEVICES=all"], HOSTDEV_PROBE);
+    let out = c.root.join("work/at-job.out");
+    let done = out.with_extension("done");
+    let _ = std::fs::remove_file(&out);
+    let _ = std::fs::remove_file(&done);
+    let job = format!(
+        "{} > {o} 2>&1; touch {d}",
+        runc_line(c, &b, "at-job"),
+        o = out.display(),
+        d = done.display()
+    );
+    std::fs::write(c.root.join("work/at-job.sh"), job).unwrap();
+    let mut atd = std::process::Command::new("atd")
+        .arg("-f")
+        .process_group(0)
+        .spawn()
+        .expect("atd (apt-get install --no-install-recommends at)");
+    let o = sh(
+        c,
+        &["--gres=gpu:1"],
+        &format!(
+            "at -f {} now 2>&1; for i in $(seq 600); do [ -e {d} ] && break; sleep 0.05; done",
+            c.root.join("work/at-job.sh").display(),
+            d = done.display()
+        ),
+    );
+    super::stop_child("atd", &mut atd);
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    assert!(done.exists(), "atd never ran the job: {o}\n{text}");
+    assert!(seen(&text).is_empty(), "{o}\n{text}");
+    assert!(
+        text.contains("in no Slurm job") && text.contains("outside-slurm"),
+        "{o}\n{text}"
+    );
 }
