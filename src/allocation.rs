@@ -33,8 +33,12 @@ pub struct Record {
     /// For a task record, the node-local task id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_id: Option<u32>,
-    /// The GPUs, as `PhysicalId` strings (`GPU-…`, PCI bus id, `minor:N`).
+    /// The GPUs, as `PhysicalId` strings (`GPU-…`, PCI bus id, `minor:N`, `mig:P/C/C`).
     pub gpus: Vec<String>,
+    /// The job or step holds CUDA MPS shares (Slurm's gres/mps): its containers also get the
+    /// MPS log directory.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mps: bool,
 }
 
 impl Record {
@@ -437,6 +441,8 @@ pub struct Grant {
     pub ids: Vec<PhysicalId>,
     /// The task's pid, when a task record matched (its environment names the task's GPUs).
     pub task_pid: Option<i32>,
+    /// The step (for the extern step, the job) holds MPS shares.
+    pub mps: bool,
 }
 
 /// The GPUs the records vouch for, for a container in `step`. Records whose slurmstepd is not
@@ -475,6 +481,7 @@ pub fn allowed_gpus(
             .map(|ids| Grant {
                 ids,
                 task_pid: None,
+                mps: job_record.as_ref().is_some_and(|r| r.mps),
             })
             .ok_or_else(no_record);
     }
@@ -505,6 +512,7 @@ pub fn allowed_gpus(
     Ok(Grant {
         ids,
         task_pid: record.task_pid,
+        mps: record.mps,
     })
 }
 
@@ -1012,6 +1020,7 @@ mod tests {
             task_id: task.map(|t| t.0),
             task_pid: task.map(|t| t.1),
             gpus: gpus.iter().map(|g| g.to_string()).collect(),
+            mps: false,
         }
     }
 

@@ -107,7 +107,7 @@ pub struct DriverFiles {
     pub libraries: Vec<Library>,
     pub binaries: Vec<HostFile>,
     pub firmware: Vec<HostFile>,
-    /// Sockets and the MPS pipe directory, mounted read-write.
+    /// Sockets and the MPS pipe (and, for MPS steps, log) directories, mounted read-write.
     pub ipc: Vec<HostFile>,
     /// Names that were looked for and not found (NVIDIA treats these as warnings).
     pub missing: Vec<String>,
@@ -268,6 +268,22 @@ impl<'a> DriverRoot<'a> {
                     container_path: rel.join(n),
                 });
             }
+        }
+    }
+
+    /// For a Slurm step that holds MPS shares (gres/mps) and asks for compute: the MPS log
+    /// directory, next to the pipe directory that every compute container gets, so that the
+    /// job can run or inspect its MPS control daemon. Nothing when the node has none.
+    pub fn add_mps_log_dir(&self, caps: &Capabilities, files: &mut DriverFiles) {
+        const LOG_DIR: &str = "/var/log/nvidia-mps";
+        if !caps.contains(Capability::Compute) {
+            return;
+        }
+        if let Some(host_path) = resolve_in(self.root, Path::new(LOG_DIR)) {
+            files.ipc.push(HostFile {
+                host_path,
+                container_path: PathBuf::from(LOG_DIR),
+            });
         }
     }
 

@@ -228,21 +228,34 @@ fn slurm24_task_none_not_minor_order() {
         engine::per_task_engine_in_task(&c)
     });
     drop(c);
+    // Another gres.conf on the same root, task/none, the bundle prepared.
+    let cluster = |gres_template: &'static str| {
+        let c = Cluster::start_in(
+            Setup {
+                cgroup: false,
+                gres_template,
+                oci_template: "oci.conf",
+            },
+            Env {
+                wrap: root.wrap(),
+                plugin: Some(plugin.clone()),
+                munge_ids: Some(slurm24::ids_in(&dir, "munge")),
+            },
+        );
+        prepare_bundle(&c);
+        c
+    };
     // MIG slices listed as AutoDetect lists them.
-    let c = Cluster::start_in(
-        Setup {
-            cgroup: false,
-            gres_template: "gres.conf.mig",
-            oci_template: "oci.conf",
-        },
-        Env {
-            wrap: root.wrap(),
-            plugin: Some(plugin),
-            munge_ids: Some(slurm24::ids_in(&dir, "munge")),
-        },
-    );
-    prepare_bundle(&c);
+    let c = cluster("gres.conf.mig");
     scenario("MIG slices", || engine::mig_slices(&c));
     drop(c);
+    // GPUs shared through gres/shard and gres/mps.
+    for (template, gres, mps) in [
+        ("gres.conf.shard", "--gres=shard:2", None),
+        ("gres.conf.mps", "--gres=mps:50", Some("50")),
+    ] {
+        let c = cluster(template);
+        scenario(template, || engine::shared_gpus(&c, gres, mps));
+    }
     drop(root);
 }

@@ -702,6 +702,22 @@ fn slurm_mig_slices() {
 }
 
 #[test]
+fn slurm_shard_and_mps() {
+    let _lock = slurm::serial();
+    for (template, gres, mps) in [
+        ("gres.conf.shard", "--gres=shard:2", None),
+        ("gres.conf.mps", "--gres=mps:50", Some("50")),
+    ] {
+        let c = Cluster::start(Setup {
+            cgroup: false,
+            gres_template: template,
+            oci_template: "oci.conf",
+        });
+        scenario(template, || shared_gpus(&c, gres, mps));
+    }
+}
+
+#[test]
 fn slurm_task_none_minor_order() {
     let _lock = slurm::serial();
     let c = Cluster::start(Setup {

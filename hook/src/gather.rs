@@ -225,8 +225,13 @@ pub fn build_plan(
         _ => false,
     };
     let inv = inventory(config, &cache, Some(&request), mig_grant)?;
-    let driver =
-        DriverRoot::new(config, &cache, &inv.driver_version).discover(&request.capabilities);
+    let root = DriverRoot::new(config, &cache, &inv.driver_version);
+    let mut driver = root.discover(&request.capabilities);
+    if let Standing::InStep { grant, .. } = &standing {
+        if grant.mps {
+            root.add_mps_log_dir(&request.capabilities, &mut driver);
+        }
+    }
     for m in &driver.missing {
         tracing::debug!(file = %m, "driver file not found");
     }

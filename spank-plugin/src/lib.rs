@@ -128,6 +128,8 @@ struct Step {
     step_name: String,
     /// Where the allocation records go (root-only), from the config.
     state_dir: std::path::PathBuf,
+    /// The step's MPS share in percent, as Slurm's gres/mps set it.
+    mps: Option<u32>,
 }
 
 /// The plugin's state across callbacks.
@@ -359,6 +361,7 @@ impl GresOci {
             node_gpus(&config, &node)?
         };
         let gpus = resolve::select(&table, &list, &node)?;
+        let mps = std::env::var("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE").ok();
         let record = Record {
             job,
             step: JOB_RECORD.into(),
@@ -366,6 +369,7 @@ impl GresOci {
             task_pid: None,
             task_id: None,
             gpus: gpus.iter().map(|g| g.physical_id()).collect(),
+            mps: resolve::mps_percentage(mps.as_deref())?.is_some(),
         };
         write_record(&config.state_dir, &record).map_err(|e| PluginError::Record(e.into()))
     }
@@ -391,6 +395,8 @@ impl GresOci {
             "SLURM_STEP_GPUS"
         };
         let value = getenv(h, var)?;
+        // Set or unset by Slurm's gres/mps for every job and step, like the GPU lists.
+        let mps_value = getenv(h, "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE")?;
         let node = node_name();
         // The step's GPUs are resolved even when the user opts out: the record that bounds the
         // step's containers is not the user's to switch off.
@@ -407,7 +413,8 @@ impl GresOci {
             let env = resolve::gpu_env(&gpus);
             let mut list: Vec<usize> = gpus.iter().map(|g| g.index).collect();
             list.sort_unstable();
-            Ok((config.state_dir.clone(), table, list, env))
+            let mps = resolve::mps_percentage(mps_value.as_deref())?;
+            Ok((config.state_dir.clone(), table, list, env, mps))
         })();
         if !settings.enabled {
             // srun carries the batch script's environment into its steps; a list inherited
@@ -418,14 +425,14 @@ impl GresOci {
                         .map_err(|e| spank_err(&format!("unsetting {var}"), e))?;
                 }
             }
-            let (state_dir, table, list) = match resolved {
-                Ok((d, t, l, _)) => (d, t, l),
+            let (state_dir, table, list, mps) = match resolved {
+                Ok((d, t, l, _, m)) => (d, t, l, m),
                 Err(e) => {
                     log(
                         LogLevel::Verbose,
                         &format!("{e}; no allocation record for this opted-out step"),
                     );
-                    (Default::default(), Vec::new(), Vec::new())
+                    (Default::default(), Vec::new(), Vec::new(), None)
                 }
             };
             self.step = Some(Step {
@@ -438,10 +445,11 @@ impl GresOci {
                 job_id,
                 step_name: step_name(step_id),
                 state_dir,
+                mps,
             });
             return Ok(());
         }
-        let (state_dir, table, list, env) = resolved?;
+        let (state_dir, table, list, env, mps) = resolved?;
         let step = Step {
             settings,
             node,
@@ -452,6 +460,7 @@ impl GresOci {
             job_id,
             step_name: step_name(step_id),
             state_dir,
+            mps,
         };
         set_env(h, &step, &env)?;
         self.step = Some(step);
@@ -588,6 +597,7 @@ fn task_records(step: &Step, h: &SpankHandle) -> Result<Vec<Record>, PluginError
         task_pid: None,
         task_id: None,
         gpus: ids,
+        mps: step.mps.is_some(),
     };
     let task_record = Record {
         task_pid: Some(std::process::id() as i32),
@@ -618,6 +628,13 @@ fn step_vars(step: &Step, env: &GpuEnv) -> Vec<(String, String)> {
     }
     if let Some(caps) = &step.settings.caps {
         out.push(("NVIDIA_DRIVER_CAPABILITIES".to_owned(), caps.clone()));
+    }
+    // Slurm 22.05 writes the container's config before the step's gres/mps variable exists.
+    if let (true, Some(p)) = (step.container, step.mps) {
+        out.push((
+            "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE".to_owned(),
+            p.to_string(),
+        ));
     }
     out
 }
@@ -852,6 +869,7 @@ mod tests {
             job_id: 1,
             step_name: "0".into(),
             state_dir: "/run/gres-oci".into(),
+            mps: Some(25),
         };
         let names =
             |s: &Step| -> Vec<String> { step_vars(s, &env).into_iter().map(|(k, _)| k).collect() };
@@ -874,6 +892,10 @@ mod tests {
                 (
                     "NVIDIA_DRIVER_CAPABILITIES".to_owned(),
                     "compute".to_owned()
+                ),
+                (
+                    "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE".to_owned(),
+                    "25".to_owned()
                 ),
             ]
         );

@@ -204,6 +204,27 @@ pub fn parse_list(var: &'static str, value: &str) -> Result<Vec<usize>, ResolveE
     })
 }
 
+/// The step's CUDA MPS share from `CUDA_MPS_ACTIVE_THREAD_PERCENTAGE`, which Slurm's gres/mps
+/// sets (or unsets) for each job and step: its shares as a percentage of the GPU's, 0-100.
+/// `None` when unset or empty: the step holds no MPS shares.
+///
+/// # Errors
+/// Anything but a number from 0 to 100.
+pub fn mps_percentage(value: Option<&str>) -> Result<Option<u32>, ResolveError> {
+    let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    v.parse::<u32>()
+        .ok()
+        .filter(|p| *p <= 100)
+        .map(Some)
+        .ok_or_else(|| ResolveError::BadVariable {
+            var: "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE",
+            value: v.to_owned(),
+            reason: "expected a percentage from 0 to 100".into(),
+        })
+}
+
 /// The table's GPUs for `indices`, in ascending index order (= outer CUDA ordinal order).
 ///
 /// # Errors
@@ -670,6 +691,21 @@ mod tests {
             mixed.gres_oci_gpus,
             "mig:0/30/31,GPU-00000000-0000-0000-0000-000000000073"
         );
+    }
+
+    #[test]
+    fn mps_shares() {
+        assert_eq!(mps_percentage(None).unwrap(), None);
+        assert_eq!(mps_percentage(Some("")).unwrap(), None);
+        assert_eq!(mps_percentage(Some("50")).unwrap(), Some(50));
+        assert_eq!(mps_percentage(Some("0")).unwrap(), Some(0));
+        for bad in ["101", "-1", "5x", "€", "1e2"] {
+            let e = mps_percentage(Some(bad)).unwrap_err().to_string();
+            assert!(
+                e.contains("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! Scenarios in which the job runs a container engine itself (runc in the step, detached
-//! from it, per task) or holds MIG slices, shared by the Slurm 22.05 and 24.11 suites: each
-//! forges or escapes the way an allocation-identity defence must withstand.
+//! Scenarios shared by the Slurm 22.05 and 24.11 suites in which the job runs a container
+//! engine itself (runc in the step, detached from it, per task, started by a daemon) or holds
+//! parts of GPUs (MIG slices, shards, MPS shares): each forges or escapes the way an
+//! allocation-identity defence must withstand.
 
 use std::collections::BTreeSet;
 use std::os::unix::process::CommandExt;
@@ -397,5 +398,48 @@ pub fn at_job_escape(c: &Cluster) {
     assert!(
         text.contains("in no Slurm job") && text.contains("outside-slurm"),
         "{o}\n{text}"
+    );
+}
+
+/// Issue: a step holding GPU shares gets the GPU underneath, whether the shares are
+/// gres/shard or gres/mps; an MPS step's containers also get the MPS log directory and Slurm's
+/// `CUDA_MPS_ACTIVE_THREAD_PERCENTAGE`. Both through `srun --container` and through an engine
+/// run in the step asking for `all`.
+pub fn shared_gpus(c: &Cluster, gres: &str, mps: Option<&str>) {
+    const LIST: &str = r#"for d in /dev/nvidia*; do case ${d#/dev/nvidia} in *[!0-9]*|'') ;; *) echo "DEV ${d#/dev/nvidia} $(cat $d 2>&1 </dev/null)";; esac; done; for d in /tmp/nvidia-mps /var/log/nvidia-mps; do [ -d $d ] && echo "DIR $d"; done; env | grep -E '^(GRES_OCI_GPUS|CUDA_VISIBLE_DEVICES|CUDA_MPS_ACTIVE_THREAD_PERCENTAGE)='; echo STEP=$SLURM_STEP_GPUS"#;
+    let o = in_container(c, &[gres], LIST).success();
+    let env = o.env();
+    let one: BTreeSet<u32> = c.minors_of(&[0]).into_iter().collect();
+    assert_eq!(seen(&o.stdout), one, "{gres}: {o}");
+    assert_eq!(env["GRES_OCI_GPUS"], c.gpus_var(&[0]), "{o}");
+    assert_eq!(env["CUDA_VISIBLE_DEVICES"], "0", "{o}");
+    assert_eq!(
+        env.get("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE")
+            .map(String::as_str),
+        mps,
+        "{o}"
+    );
+    assert!(o.stdout.contains("DIR /tmp/nvidia-mps"), "{o}");
+    assert_eq!(
+        o.stdout.contains("DIR /var/log/nvidia-mps"),
+        mps.is_some(),
+        "{o}"
+    );
+    // An engine in the step, asking for everything.
+    let b = own_bundle(c, "shared", &["NVIDIA_VISIBLE_DEVICES=all"], LIST);
+    let o = sh(
+        c,
+        &[gres],
+        &format!("echo JOB=$SLURM_STEP_GPUS; {}", runc_line(c, &b, "shared")),
+    )
+    .success();
+    let step = slurm_list(o.env().get("JOB").map(String::as_str).unwrap_or(""));
+    assert_eq!(step.len(), 1, "{o}");
+    let want: BTreeSet<u32> = c.minors_of(&step).into_iter().collect();
+    assert_eq!(seen(&o.stdout), want, "{gres}: {o}");
+    assert_eq!(
+        o.stdout.contains("DIR /var/log/nvidia-mps"),
+        mps.is_some(),
+        "{o}"
     );
 }

@@ -457,6 +457,9 @@ impl Cluster {
             .unwrap();
         let slurm_dir = String::from_utf8_lossy(&slurm_dir.stdout).trim().to_owned();
         over.insert("PluginDir", format!("{slurm_dir}:{}", plugins.display()));
+        if let Some((name, _)) = shared_gres(self.setup.gres_template) {
+            over.insert("GresTypes", format!("gpu,{name}"));
+        }
         if !cgroup {
             over.insert("ProctrackType", "proctrack/linuxproc".into());
             over.insert("TaskPlugin", "task/none".into());
@@ -483,9 +486,12 @@ impl Cluster {
         }
         slurm_conf.push_str(&format!(
             "AuthInfo=socket={m}/munge.socket\n\
-             NodeName={host} NodeAddr=127.0.0.1 CPUs=2 RealMemory=1000 Gres=gpu:h100:4 State=UNKNOWN\n\
+             NodeName={host} NodeAddr=127.0.0.1 CPUs=2 RealMemory=1000 Gres=gpu:h100:4{shared} State=UNKNOWN\n\
              PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP\n",
-            m = munge.display()
+            m = munge.display(),
+            shared = shared_gres(self.setup.gres_template)
+                .map(|(name, count)| format!(",{name}:{count}"))
+                .unwrap_or_default(),
         ));
         std::fs::write(&self.conf, slurm_conf).unwrap();
 
@@ -918,11 +924,25 @@ fn fake_node_args(gres_template: &str) -> Vec<String> {
     args
 }
 
+/// The GPU-sharing GRES a gres.conf template configures, with the node's count:
+/// `gres.conf.shard` four shards per GPU, `gres.conf.mps` 100 MPS shares per GPU.
+pub fn shared_gres(gres_template: &str) -> Option<(&'static str, u32)> {
+    match gres_template {
+        "gres.conf.shard" => Some(("shard", 16)),
+        "gres.conf.mps" => Some(("mps", 400)),
+        _ => None,
+    }
+}
+
 /// The minors a rendered gres.conf lists for the node, in file order (the test's own reading,
 /// independent of the plugin's parser: `File=` values with `[a,b-c]` ranges).
 fn gres_minors(text: &str) -> Vec<u32> {
     let mut out = Vec::new();
     for line in text.lines().map(|l| l.split('#').next().unwrap_or("")) {
+        // Shards and MPS shares name the GPUs' files again.
+        if !line.split_whitespace().any(|t| t == "Name=gpu") {
+            continue;
+        }
         // A MIG device's line names its parent's node first.
         let Some(file) = line.split_whitespace().find_map(|t| {
             t.strip_prefix("File=").or_else(|| {
