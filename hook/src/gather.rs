@@ -10,7 +10,8 @@ use gres_oci::driver::{resolve_in, DriverRoot};
 use gres_oci::inventory::{read_mig_minors, read_nvml, read_procfs, scan_dev_root, Inventory};
 use gres_oci::ldcache::{native_arch, LdCache};
 use gres_oci::plan::{plan, Allocation, Inputs, Layout, Plan};
-use gres_oci::request::{env_map, PhysicalId, Request, GPUS_VAR};
+use gres_oci::request::{env_map, Devices, PhysicalId, Request, GPUS_VAR};
+use gres_oci::selection::DeviceRequest;
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 use crate::state::Bundle;
@@ -217,11 +218,15 @@ pub fn build_plan(
     };
     let standing = standing(config, pid)?;
     let cache = driver_cache(config)?;
+    // A step holding MIG slices needs NVML's list, unless the container asks for no GPU.
     let mig_grant = match &standing {
-        Standing::InStep { grant, .. } => grant
-            .ids
-            .iter()
-            .any(|id| matches!(id, PhysicalId::Mig { .. })),
+        Standing::InStep { grant, .. } => {
+            !matches!(request.devices, Devices::Nvidia(DeviceRequest::None))
+                && grant
+                    .ids
+                    .iter()
+                    .any(|id| matches!(id, PhysicalId::Mig { .. }))
+        }
         _ => false,
     };
     let inv = inventory(config, &cache, Some(&request), mig_grant)?;
