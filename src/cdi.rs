@@ -950,6 +950,7 @@ mod tests {
                 host_path: root.join("tmp/nvidia-mps"),
                 container_path: "/tmp/nvidia-mps".into(),
             }],
+            gds: Vec::new(),
             missing: Vec::new(),
         };
         let mut devices = HostDevices::new();

@@ -78,6 +78,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// What a container outside any Slurm step may have.
     pub outside_slurm: OutsideSlurm,
+    /// Fabric devices every GPU container gets, as if it set `NVIDIA_<NAME>=enabled`.
+    pub fabric_devices: Vec<crate::fabric::Fabric>,
     /// Keys of NVIDIA's format that are accepted and have no effect here.
     pub ignored_keys: Vec<String>,
 }
@@ -104,6 +106,7 @@ impl Default for Config {
                 .collect(),
             state_dir: PathBuf::from("/run/gres-oci"),
             outside_slurm: OutsideSlurm::Auto,
+            fabric_devices: Vec::new(),
             ignored_keys: Vec::new(),
         }
     }
@@ -146,6 +149,7 @@ struct RawOurs {
     binary_search_dirs: Option<Vec<PathBuf>>,
     state_dir: Option<PathBuf>,
     outside_slurm: Option<OutsideSlurm>,
+    fabric_devices: Option<Vec<crate::fabric::Fabric>>,
 }
 
 impl Config {
@@ -225,6 +229,9 @@ impl Config {
         abs!(state_dir, "gres-oci.state-dir");
         if let Some(p) = ours.outside_slurm {
             c.outside_slurm = p;
+        }
+        if let Some(f) = ours.fabric_devices {
+            c.fabric_devices = f;
         }
         if let Some(p) = ours.nvml_library {
             c.nvml_library = Some(absolute(p).map_err(|m| invalid("gres-oci.nvml-library", m))?);
@@ -416,9 +423,14 @@ log-level = "debug"
 library-search-dirs = ["/opt/nvidia/lib"]
 state-dir = "/tmp/x/state"
 outside-slurm = "deny"
+fabric-devices = ["mofed", "gdrcopy"]
 "#,
         )
         .unwrap();
+        assert_eq!(
+            c.fabric_devices,
+            [crate::fabric::Fabric::Mofed, crate::fabric::Fabric::Gdrcopy]
+        );
         assert_eq!(c.dev_root, PathBuf::from("/tmp/x/dev"));
         assert_eq!(c.proc_root, PathBuf::from("/tmp/x/proc"));
         assert_eq!(c.gres_conf, PathBuf::from("/tmp/x/gres.conf"));
@@ -464,6 +476,10 @@ outside-slurm = "deny"
             (
                 "[gres-oci]\noutside-slurm = \"maybe\"\n",
                 &["config.toml", "maybe"][..],
+            ),
+            (
+                "[gres-oci]\nfabric-devices = [\"myrinet\"]\n",
+                &["config.toml", "myrinet"][..],
             ),
             (
                 "[nvidia-container-cli]\nenvironment = [\"X\"]\n",

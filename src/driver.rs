@@ -109,6 +109,10 @@ pub struct DriverFiles {
     pub firmware: Vec<HostFile>,
     /// Sockets and the MPS pipe (and, for MPS steps, log) directories, mounted read-write.
     pub ipc: Vec<HostFile>,
+    /// GPUDirect Storage's host files (`/run/udev`, `/etc/cufile.json`), mounted read-only
+    /// where the container gets `nvidia-fs` nodes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gds: Vec<HostFile>,
     /// Names that were looked for and not found (NVIDIA treats these as warnings).
     pub missing: Vec<String>,
 }
@@ -266,6 +270,19 @@ impl<'a> DriverRoot<'a> {
                 files.firmware.push(HostFile {
                     host_path: dir.join(n),
                     container_path: rel.join(n),
+                });
+            }
+        }
+    }
+
+    /// For a container that asks for GPUDirect Storage: the host's udev database and cuFile
+    /// config, as NVIDIA's GDS discovery mounts them, where present under the driver root.
+    pub fn add_gds_files(&self, files: &mut DriverFiles) {
+        for p in ["/run/udev", "/etc/cufile.json"] {
+            if let Some(host_path) = resolve_in(self.root, Path::new(p)) {
+                files.gds.push(HostFile {
+                    host_path,
+                    container_path: PathBuf::from(p),
                 });
             }
         }

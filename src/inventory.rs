@@ -382,8 +382,10 @@ pub fn scan_dev_root(dev_root: &Path) -> Result<crate::plan::HostDevices, Invent
         path: dev_root.to_owned(),
         source,
     })?;
-    // MIG capability nodes live one level down; no such dir simply means no MIG.
+    // MIG capability nodes and InfiniBand's live one level down; no such dir simply means
+    // no MIG, no HCA.
     let _ = scan_dir(&dev_root.join("nvidia-caps"), "nvidia-caps/", &mut out);
+    let _ = scan_dir(&dev_root.join("infiniband"), "infiniband/", &mut out);
     Ok(out)
 }
 
@@ -393,7 +395,11 @@ fn scan_dir(dir: &Path, prefix: &str, out: &mut crate::plan::HostDevices) -> std
     for e in std::fs::read_dir(dir)?.flatten() {
         let name = e.file_name();
         let Some(name) = name.to_str() else { continue };
-        if !name.starts_with("nvidia") {
+        // NVIDIA's nodes, and the fabric nodes a container may ask for (`crate::fabric`).
+        let wanted = name.starts_with("nvidia")
+            || name == "gdrdrv"
+            || (prefix == "infiniband/" && (name.starts_with("uverbs") || name == "rdma_cm"));
+        if !wanted {
             continue;
         }
         let Ok(m) = std::fs::metadata(e.path()) else {

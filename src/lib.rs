@@ -8,6 +8,7 @@ pub mod cdi;
 pub mod config;
 pub mod driver;
 pub mod elf;
+pub mod fabric;
 pub mod gres;
 pub mod inventory;
 pub mod ldcache;

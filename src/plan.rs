@@ -220,6 +220,13 @@ pub fn plan(i: &Inputs) -> Result<Plan, PlanError> {
     for g in &gpus {
         node_names.push((format!("nvidia{}", g.minor), true));
     }
+    // Fabric devices the container enabled (or the site gives every GPU container): whatever
+    // of theirs the node has.
+    let fabric_nodes = crate::fabric::node_names(&i.request.fabric, i.devices.keys());
+    let gds_nodes = fabric_nodes
+        .iter()
+        .any(|n| crate::fabric::Fabric::Gds.takes(n));
+    node_names.extend(fabric_nodes.into_iter().map(|n| (n, false)));
     let mut migs = Vec::new();
     for (g, m) in &selection.migs {
         // A MIG device needs its GPU instance's and compute instance's access capabilities.
@@ -293,7 +300,15 @@ pub fn plan(i: &Inputs) -> Result<Plan, PlanError> {
             lib_dirs.push(dir);
         }
     }
-    for f in i.driver.binaries.iter().chain(&i.driver.firmware) {
+    // GDS's host files only with GDS nodes, as NVIDIA's discovery does.
+    let gds_files = if gds_nodes { &i.driver.gds[..] } else { &[] };
+    for f in i
+        .driver
+        .binaries
+        .iter()
+        .chain(&i.driver.firmware)
+        .chain(gds_files)
+    {
         mounts.push(Mount {
             source: f.host_path.clone(),
             target: f.container_path.clone(),
@@ -569,6 +584,10 @@ mod tests {
                 host_path: "/drv/run/nvidia-persistenced/socket".into(),
                 container_path: "/var/run/nvidia-persistenced/socket".into(),
             }],
+            gds: vec![HostFile {
+                host_path: "/drv/etc/cufile.json".into(),
+                container_path: "/etc/cufile.json".into(),
+            }],
             missing: vec![],
         }
     }
@@ -616,6 +635,24 @@ mod tests {
             .unwrap()
             .expect("a GPU container");
         let (drv, mut dev) = (driver(), devices());
+        for (n, name) in [
+            "gdrdrv",
+            "infiniband/uverbs0",
+            "infiniband/rdma_cm",
+            "nvidia-fs0",
+            "nvidia-nvswitch0",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            dev.insert(
+                name.into(),
+                DevNum {
+                    major: 240,
+                    minor: n as u32,
+                },
+            );
+        }
         for m in [21, 22, 30, 31] {
             dev.insert(
                 format!("nvidia-caps/nvidia-cap{m}"),
@@ -815,6 +852,64 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("gpu2/gi9/access"), "{e}");
+    }
+
+    #[test]
+    fn fabric_devices_on_request_or_by_site_default() {
+        let fabric = |env: &[&str], c: &Config| {
+            let mut e = vec!["NVIDIA_VISIBLE_DEVICES=0"];
+            e.extend(env);
+            let p = plan_for(&e, c, Layout::Debian).unwrap();
+            let nodes: Vec<String> = p
+                .device_nodes
+                .iter()
+                .map(|d| d.path.display().to_string())
+                .filter(|p| {
+                    !p.starts_with("/dev/nvidia") || p.contains("-fs") || p.contains("switch")
+                })
+                .collect();
+            let cufile = p
+                .mounts
+                .iter()
+                .any(|m| m.target == Path::new("/etc/cufile.json"));
+            let rules = p.cgroup_rules.iter().filter(|r| r.major == 240).count();
+            (nodes, cufile, rules)
+        };
+        let c = Config::default();
+        assert_eq!(fabric(&[], &c), (vec![], false, 0));
+        assert_eq!(
+            fabric(&["NVIDIA_MOFED=yes", "NVIDIA_GDS=1"], &c),
+            (vec![], false, 0)
+        );
+        assert_eq!(
+            fabric(&["NVIDIA_MOFED=enabled", "NVIDIA_GDRCOPY=enabled"], &c),
+            (
+                vec![
+                    "/dev/gdrdrv".to_string(),
+                    "/dev/infiniband/rdma_cm".into(),
+                    "/dev/infiniband/uverbs0".into()
+                ],
+                false,
+                3
+            )
+        );
+        assert_eq!(
+            fabric(&["NVIDIA_GDS=enabled", "NVIDIA_NVSWITCH=enabled"], &c),
+            (
+                vec![
+                    "/dev/nvidia-fs0".to_string(),
+                    "/dev/nvidia-nvswitch0".into()
+                ],
+                true,
+                2
+            )
+        );
+        // A site with InfiniBand gives every GPU container its HCAs.
+        let site = Config {
+            fabric_devices: vec![crate::fabric::Fabric::Mofed],
+            ..Config::default()
+        };
+        assert_eq!(fabric(&[], &site).2, 2);
     }
 
     #[test]

@@ -127,6 +127,8 @@ pub struct Request {
     pub devices: Devices,
     pub capabilities: Capabilities,
     pub requirements: Vec<Requirement>,
+    /// Fabric devices: the container's `NVIDIA_<NAME>=enabled` and the site's defaults.
+    pub fabric: std::collections::BTreeSet<crate::fabric::Fabric>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -210,6 +212,7 @@ impl Request {
             devices,
             capabilities,
             requirements,
+            fabric: crate::fabric::requested(env, &config.fabric_devices),
         }))
     }
 

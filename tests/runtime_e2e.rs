@@ -1444,3 +1444,116 @@ fn linker_cache_helper_is_confined() {
         assert!(node.log().contains("running ldconfig"), "{}", node.log());
     }
 }
+
+/// Fabric devices (NVIDIA's feature-gated ones): each `NVIDIA_<NAME>=enabled` gives the
+/// container that kind's nodes from the dev root, with device-cgroup rules that let it open
+/// them; other values give nothing; GDS brings the host's cuFile config; a site default gives
+/// every GPU container its kind.
+#[test]
+fn fabric_devices_on_request() {
+    const FABRIC_PROBE: &str = r#"
+for n in /dev/gdrdrv /dev/infiniband/* /dev/nvidia-fs* /dev/nvidia-nvswitch*; do
+  [ -c "$n" ] || continue
+  if cat "$n" </dev/null >/dev/null 2>/dev/shm/err; then echo "fabric $n ok"; else echo "fabric $n $(cat /dev/shm/err)"; fi
+done
+[ -f /etc/cufile.json ] && echo "cufile $(cat /etc/cufile.json)"
+echo probe-done
+"#;
+    let node = setup();
+    // The nodes a fabric-equipped node has, on a dynamic major, and GDS's host config.
+    let dev = node.dev();
+    std::fs::create_dir_all(dev.join("infiniband")).unwrap();
+    for (n, name) in [
+        "gdrdrv",
+        "infiniband/uverbs0",
+        "infiniband/uverbs1",
+        "infiniband/rdma_cm",
+        "infiniband/umad0",
+        "nvidia-fs0",
+        "nvidia-nvswitch0",
+        "nvidia-nvswitchctl",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let o = std::process::Command::new("mknod")
+            .args(["-m", "666"])
+            .arg(dev.join(name))
+            .args(["c", "240", &n.to_string()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "mknod {name}: {}", text(&o));
+    }
+    let driver = node.path().join("driver");
+    std::fs::write(driver.join("etc/cufile.json"), "{\"site\": 1}\n").unwrap();
+    let run = |env: &[&str], rt: Runtime, config: &Path| {
+        let mut e = vec!["NVIDIA_VISIBLE_DEVICES=0"];
+        e.extend(env);
+        let b = Bundle::new(BundleOpts {
+            env: &e,
+            script: FABRIC_PROBE,
+            hook_config: Some(config),
+            ..BundleOpts::default()
+        });
+        let o = b.run(rt);
+        assert!(o.status.success(), "{} {env:?}: {}", rt.name(), text(&o));
+        let s = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(s.contains("probe-done"), "{}", text(&o));
+        let mut seen: Vec<String> = s
+            .lines()
+            .filter(|l| l.starts_with("fabric ") || l.starts_with("cufile "))
+            .map(str::to_owned)
+            .collect();
+        seen.sort();
+        seen
+    };
+    let enxio =
+        |n: &str| format!("fabric /dev/{n} cat: can't open '/dev/{n}': No such device or address");
+    for rt in [Runtime::Runc, Runtime::Crun] {
+        let cfg = node.config();
+        assert!(run(&[], rt, &cfg).is_empty());
+        assert!(run(&["NVIDIA_MOFED=true", "NVIDIA_GDS=1"], rt, &cfg).is_empty());
+        assert_eq!(
+            run(
+                &["NVIDIA_MOFED=enabled", "NVIDIA_GDRCOPY=enabled"],
+                rt,
+                &cfg
+            ),
+            [
+                enxio("gdrdrv"),
+                enxio("infiniband/rdma_cm"),
+                enxio("infiniband/uverbs0"),
+                enxio("infiniband/uverbs1"),
+            ],
+            "{}",
+            rt.name()
+        );
+        assert_eq!(
+            run(&["NVIDIA_GDS=enabled", "NVIDIA_NVSWITCH=enabled"], rt, &cfg),
+            [
+                "cufile {\"site\": 1}".to_string(),
+                enxio("nvidia-fs0"),
+                enxio("nvidia-nvswitch0"),
+                enxio("nvidia-nvswitchctl"),
+            ],
+            "{}",
+            rt.name()
+        );
+    }
+    // The site's default: every GPU container gets the HCAs.
+    let site = node.path().join("site.toml");
+    let text_cfg = std::fs::read_to_string(node.config()).unwrap().replacen(
+        "[gres-oci]\n",
+        "[gres-oci]\nfabric-devices = [\"mofed\"]\n",
+        1,
+    );
+    std::fs::write(&site, text_cfg).unwrap();
+    assert_eq!(
+        run(&[], Runtime::Runc, &site),
+        [
+            enxio("infiniband/rdma_cm"),
+            enxio("infiniband/uverbs0"),
+            enxio("infiniband/uverbs1"),
+        ]
+    );
+}

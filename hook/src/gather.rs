@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use gres_oci::allocation::{allowed_gpus, identify, narrow, Grant, StepRef};
 use gres_oci::config::{Config, OutsideSlurm};
 use gres_oci::driver::{resolve_in, DriverRoot};
+use gres_oci::fabric::Fabric;
 use gres_oci::inventory::{read_mig_minors, read_nvml, read_procfs, scan_dev_root, Inventory};
 use gres_oci::ldcache::{native_arch, LdCache};
 use gres_oci::plan::{plan, Allocation, Inputs, Layout, Plan};
@@ -232,6 +233,9 @@ pub fn build_plan(
     let inv = inventory(config, &cache, Some(&request), mig_grant)?;
     let root = DriverRoot::new(config, &cache, &inv.driver_version);
     let mut driver = root.discover(&request.capabilities);
+    if request.fabric.contains(&Fabric::Gds) {
+        root.add_gds_files(&mut driver);
+    }
     if let Standing::InStep { grant, .. } = &standing {
         if grant.mps {
             root.add_mps_log_dir(&request.capabilities, &mut driver);
