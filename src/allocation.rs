@@ -39,6 +39,10 @@ pub struct Record {
     /// MPS log directory.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub mps: bool,
+    /// The IMEX channels Slurm's switch/nvidia_imex gave the step on this node (the channel
+    /// nodes slurmstepd made in the step's own `/dev/nvidia-caps-imex-channels`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub imex_channels: Vec<u32>,
 }
 
 impl Record {
@@ -443,6 +447,8 @@ pub struct Grant {
     pub task_pid: Option<i32>,
     /// The step (for the extern step, the job) holds MPS shares.
     pub mps: bool,
+    /// The step's IMEX channels (none for the extern step: the job prolog sees none).
+    pub imex_channels: Vec<u32>,
 }
 
 /// The GPUs the records vouch for, for a container in `step`. Records whose slurmstepd is not
@@ -482,6 +488,7 @@ pub fn allowed_gpus(
                 ids,
                 task_pid: None,
                 mps: job_record.as_ref().is_some_and(|r| r.mps),
+                imex_channels: Vec::new(),
             })
             .ok_or_else(no_record);
     }
@@ -513,6 +520,7 @@ pub fn allowed_gpus(
         ids,
         task_pid: record.task_pid,
         mps: record.mps,
+        imex_channels: record.imex_channels.clone(),
     })
 }
 
@@ -1021,6 +1029,7 @@ mod tests {
             task_pid: task.map(|t| t.1),
             gpus: gpus.iter().map(|g| g.to_string()).collect(),
             mps: false,
+            imex_channels: Vec::new(),
         }
     }
 

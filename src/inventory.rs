@@ -386,6 +386,8 @@ pub fn scan_dev_root(dev_root: &Path) -> Result<crate::plan::HostDevices, Invent
     // no MIG, no HCA.
     let _ = scan_dir(&dev_root.join("nvidia-caps"), "nvidia-caps/", &mut out);
     let _ = scan_dir(&dev_root.join("infiniband"), "infiniband/", &mut out);
+    let dir = crate::imex::CHANNEL_DIR;
+    let _ = scan_dir(&dev_root.join(dir), &format!("{dir}/"), &mut out);
     Ok(out)
 }
 
@@ -398,7 +400,8 @@ fn scan_dir(dir: &Path, prefix: &str, out: &mut crate::plan::HostDevices) -> std
         // NVIDIA's nodes, and the fabric nodes a container may ask for (`crate::fabric`).
         let wanted = name.starts_with("nvidia")
             || name == "gdrdrv"
-            || (prefix == "infiniband/" && (name.starts_with("uverbs") || name == "rdma_cm"));
+            || (prefix == "infiniband/" && (name.starts_with("uverbs") || name == "rdma_cm"))
+            || (prefix.starts_with(crate::imex::CHANNEL_DIR) && name.starts_with("channel"));
         if !wanted {
             continue;
         }

@@ -10,6 +10,7 @@ pub mod driver;
 pub mod elf;
 pub mod fabric;
 pub mod gres;
+pub mod imex;
 pub mod inventory;
 pub mod ldcache;
 pub mod plan;

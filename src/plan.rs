@@ -141,6 +141,8 @@ pub enum PlanError {
     #[error(transparent)]
     Request(#[from] RequestError),
     #[error(transparent)]
+    Imex(#[from] crate::imex::ImexError),
+    #[error(transparent)]
     Requirement(#[from] SelectionError),
     #[error("device node {name} not found under {dev_root}")]
     MissingDevice { name: String, dev_root: PathBuf },
@@ -175,6 +177,10 @@ pub struct Inputs<'a> {
     /// `mig-minors`: capability name → minor of `nvidia-caps/nvidia-capN`; empty without MIG.
     pub mig_minors: &'a BTreeMap<String, u32>,
     pub allocation: Allocation<'a>,
+    /// The major of `nvidia-caps-imex-channels` in `/proc/devices`; `None` without IMEX.
+    pub imex_major: Option<u32>,
+    /// The IMEX channels the Slurm job was given; `None` outside Slurm.
+    pub imex_allowed: Option<&'a [u32]>,
     pub config: &'a Config,
 }
 
@@ -227,6 +233,20 @@ pub fn plan(i: &Inputs) -> Result<Plan, PlanError> {
         .iter()
         .any(|n| crate::fabric::Fabric::Gds.takes(n));
     node_names.extend(fabric_nodes.into_iter().map(|n| (n, false)));
+    if let Some(req) = &i.request.imex {
+        let available = i
+            .imex_major
+            .map(|m| crate::imex::channels_on_node(i.devices, m))
+            .unwrap_or_default();
+        // A container the node denies GPUs gets no channel either.
+        let allowed = match i.allocation {
+            Allocation::Denied(_) => Some(&[][..]),
+            _ => i.imex_allowed,
+        };
+        for id in crate::imex::select(req, &available, allowed)? {
+            node_names.push((format!("{}/channel{id}", crate::imex::CHANNEL_DIR), true));
+        }
+    }
     let mut migs = Vec::new();
     for (g, m) in &selection.migs {
         // A MIG device needs its GPU instance's and compute instance's access capabilities.
@@ -653,6 +673,15 @@ mod tests {
                 },
             );
         }
+        for c in [0, 5] {
+            dev.insert(
+                format!("nvidia-caps-imex-channels/channel{c}"),
+                DevNum {
+                    major: 234,
+                    minor: c,
+                },
+            );
+        }
         for m in [21, 22, 30, 31] {
             dev.insert(
                 format!("nvidia-caps/nvidia-cap{m}"),
@@ -672,6 +701,8 @@ mod tests {
             devices: &dev,
             mig_minors: &mig_minors(),
             allocation,
+            imex_major: Some(234),
+            imex_allowed: None,
             config,
         })
     }
@@ -913,6 +944,51 @@ mod tests {
     }
 
     #[test]
+    fn imex_channels_by_request_within_the_node_and_policy() {
+        let c = Config::default();
+        let chans = |env: &[&str], alloc: Allocation| {
+            plan_with(env, &c, Layout::Debian, &inventory(), alloc).map(|p| {
+                let nodes: Vec<String> = p
+                    .device_nodes
+                    .iter()
+                    .map(|d| d.path.display().to_string())
+                    .filter(|p| p.contains("imex"))
+                    .collect();
+                assert_eq!(
+                    nodes.len(),
+                    p.cgroup_rules.iter().filter(|r| r.major == 234).count()
+                );
+                nodes
+            })
+        };
+        let u = Allocation::Unrestricted;
+        assert!(chans(&["NVIDIA_VISIBLE_DEVICES=0"], u).unwrap().is_empty());
+        assert_eq!(
+            chans(&["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_IMEX_CHANNELS=all"], u).unwrap(),
+            [
+                "/dev/nvidia-caps-imex-channels/channel0",
+                "/dev/nvidia-caps-imex-channels/channel5"
+            ]
+        );
+        assert_eq!(
+            chans(&["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_IMEX_CHANNELS=5"], u).unwrap(),
+            ["/dev/nvidia-caps-imex-channels/channel5"]
+        );
+        let e = chans(&["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_IMEX_CHANNELS=7"], u)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("IMEX channel 7 is not on this node"), "{e}");
+        // A container the node gives no GPU gets no channel either.
+        let d = Allocation::Denied("policy");
+        assert!(chans(
+            &["NVIDIA_VISIBLE_DEVICES=none", "NVIDIA_IMEX_CHANNELS=all"],
+            d
+        )
+        .unwrap()
+        .is_empty());
+    }
+
+    #[test]
     fn a_step_holding_one_mig_slice_reaches_no_other() {
         use crate::request::PhysicalId;
         let c = Config::default();
@@ -1127,6 +1203,8 @@ mod tests {
             devices: &dev,
             mig_minors: &BTreeMap::new(),
             allocation: Allocation::Unrestricted,
+            imex_major: None,
+            imex_allowed: None,
             config: &c,
         })
         .unwrap_err()

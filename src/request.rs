@@ -129,12 +129,16 @@ pub struct Request {
     pub requirements: Vec<Requirement>,
     /// Fabric devices: the container's `NVIDIA_<NAME>=enabled` and the site's defaults.
     pub fabric: std::collections::BTreeSet<crate::fabric::Fabric>,
+    /// IMEX channels: `NVIDIA_IMEX_CHANNELS`.
+    pub imex: Option<crate::imex::ImexRequest>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
     #[error(transparent)]
     Selection(#[from] SelectionError),
+    #[error(transparent)]
+    Imex(#[from] crate::imex::ImexError),
     #[error("invalid GPU {0:?} in {GPUS_VAR}")]
     BadPhysical(String),
     #[error("process.env entry {0:?} has no '='")]
@@ -213,6 +217,7 @@ impl Request {
             capabilities,
             requirements,
             fabric: crate::fabric::requested(env, &config.fabric_devices),
+            imex: crate::imex::parse(env.get("NVIDIA_IMEX_CHANNELS").copied())?,
         }))
     }
 
@@ -441,6 +446,10 @@ mod tests {
             (&["GRES_OCI_GPUS=€"], "€"),
             (&["NVIDIA_VISIBLE_DEVICES=ab€"], "ab€"),
             (&["NVIDIA_VISIBLE_DEVICES=GPU€,MIG€"], "€"),
+            (
+                &["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_IMEX_CHANNELS=7;"],
+                "NVIDIA_IMEX_CHANNELS=\"7;\"",
+            ),
         ] {
             let e = req(env).unwrap_err().to_string();
             assert!(e.contains(needle), "{env:?}: {e}");

@@ -1557,3 +1557,94 @@ echo probe-done
         ]
     );
 }
+
+/// IMEX channels: `NVIDIA_IMEX_CHANNELS` gives the container the channel nodes of the dev root
+/// on the major `/proc/devices` (under the proc root) names, with cgroup rules; a node on
+/// another major is no channel; a channel the node lacks, or a malformed value, stops the
+/// container with one line.
+#[test]
+fn imex_channels_on_request() {
+    const IMEX_PROBE: &str = r#"
+for n in /dev/nvidia-caps-imex-channels/*; do
+  [ -c "$n" ] || continue
+  if cat "$n" </dev/null >/dev/null 2>/dev/shm/err; then echo "chan $n ok"; else echo "chan $n $(cat /dev/shm/err)"; fi
+done
+echo probe-done
+"#;
+    let node = setup();
+    let dir = node.dev().join("nvidia-caps-imex-channels");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, major, minor) in [
+        ("channel0", 234, 0),
+        ("channel3", 234, 3),
+        ("channel9", 240, 9),
+    ] {
+        let o = std::process::Command::new("mknod")
+            .args(["-m", "666"])
+            .arg(dir.join(name))
+            .args(["c", &major.to_string(), &minor.to_string()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "mknod {name}: {}", text(&o));
+    }
+    std::fs::write(
+        node.path().join("proc/devices"),
+        "Character devices:\n195 nvidia-frontend\n234 nvidia-caps-imex-channels\n\nBlock devices:\n  7 loop\n",
+    )
+    .unwrap();
+    let run = |value: &str, rt: Runtime| {
+        let env = [
+            "NVIDIA_VISIBLE_DEVICES=0".to_string(),
+            format!("NVIDIA_IMEX_CHANNELS={value}"),
+        ];
+        let env: Vec<&str> = env.iter().map(String::as_str).collect();
+        let cfg = node.config();
+        let b = Bundle::new(BundleOpts {
+            env: &env,
+            script: IMEX_PROBE,
+            hook_config: Some(&cfg),
+            ..BundleOpts::default()
+        });
+        let o = b.run(rt);
+        let s = String::from_utf8_lossy(&o.stdout).into_owned();
+        let mut seen: Vec<String> = s
+            .lines()
+            .filter_map(|l| l.strip_prefix("chan /dev/nvidia-caps-imex-channels/"))
+            .map(str::to_owned)
+            .collect();
+        seen.sort();
+        (o, seen)
+    };
+    let enxio = |c: &str| {
+        format!(
+            "{c} cat: can't open '/dev/nvidia-caps-imex-channels/{c}': No such device or address"
+        )
+    };
+    for rt in [Runtime::Runc, Runtime::Crun] {
+        let (o, seen) = run("all", rt);
+        assert!(o.status.success(), "{}: {}", rt.name(), text(&o));
+        assert_eq!(
+            seen,
+            [enxio("channel0"), enxio("channel3")],
+            "{}",
+            rt.name()
+        );
+        let (o, seen) = run("channel3", rt);
+        assert!(o.status.success(), "{}: {}", rt.name(), text(&o));
+        assert_eq!(seen, [enxio("channel3")], "{}", rt.name());
+        for (value, why) in [
+            ("9", "IMEX channel 9 is not on this node"),
+            ("0;rm", "NVIDIA_IMEX_CHANNELS=\"0;rm\""),
+        ] {
+            let (o, seen) = run(value, rt);
+            assert!(!o.status.success(), "{} {value}: {}", rt.name(), text(&o));
+            assert!(seen.is_empty());
+            assert!(
+                node.log().contains(why),
+                "{} {value}: {}",
+                rt.name(),
+                node.log()
+            );
+        }
+    }
+}

@@ -250,6 +250,10 @@ pub fn build_plan(
     } else {
         Default::default()
     };
+    let imex_major = match &request.imex {
+        Some(_) => gres_oci::imex::read_major(&config.proc_root)?,
+        None => None,
+    };
     let allowed: Vec<PhysicalId>;
     let (allocation, step) = match &standing {
         Standing::NoContainer | Standing::Outside(None) => (Allocation::Unrestricted, None),
@@ -281,6 +285,11 @@ pub fn build_plan(
         devices: &devices,
         mig_minors: &mig_minors,
         allocation,
+        imex_major,
+        imex_allowed: match &standing {
+            Standing::InStep { grant, .. } => Some(&grant.imex_channels),
+            _ => None,
+        },
         config,
     })
     .map_err(|e| match step {

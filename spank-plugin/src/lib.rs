@@ -130,6 +130,8 @@ struct Step {
     state_dir: std::path::PathBuf,
     /// The step's MPS share in percent, as Slurm's gres/mps set it.
     mps: Option<u32>,
+    /// The IMEX channels in the step's own `/dev` (Slurm's switch/nvidia_imex makes them).
+    imex_channels: Vec<u32>,
 }
 
 /// The plugin's state across callbacks.
@@ -370,6 +372,7 @@ impl GresOci {
             task_id: None,
             gpus: gpus.iter().map(|g| g.physical_id()).collect(),
             mps: resolve::mps_percentage(mps.as_deref())?.is_some(),
+            imex_channels: Vec::new(),
         };
         write_record(&config.state_dir, &record).map_err(|e| PluginError::Record(e.into()))
     }
@@ -414,7 +417,8 @@ impl GresOci {
             let mut list: Vec<usize> = gpus.iter().map(|g| g.index).collect();
             list.sort_unstable();
             let mps = resolve::mps_percentage(mps_value.as_deref())?;
-            Ok((config.state_dir.clone(), table, list, env, mps))
+            let imex = step_imex_channels(&config);
+            Ok((config.state_dir.clone(), table, list, env, (mps, imex)))
         })();
         if !settings.enabled {
             // srun carries the batch script's environment into its steps; a list inherited
@@ -425,14 +429,19 @@ impl GresOci {
                         .map_err(|e| spank_err(&format!("unsetting {var}"), e))?;
                 }
             }
-            let (state_dir, table, list, mps) = match resolved {
+            let (state_dir, table, list, (mps, imex_channels)) = match resolved {
                 Ok((d, t, l, _, m)) => (d, t, l, m),
                 Err(e) => {
                     log(
                         LogLevel::Verbose,
                         &format!("{e}; no allocation record for this opted-out step"),
                     );
-                    (Default::default(), Vec::new(), Vec::new(), None)
+                    (
+                        Default::default(),
+                        Vec::new(),
+                        Vec::new(),
+                        (None, Vec::new()),
+                    )
                 }
             };
             self.step = Some(Step {
@@ -446,10 +455,11 @@ impl GresOci {
                 step_name: step_name(step_id),
                 state_dir,
                 mps,
+                imex_channels,
             });
             return Ok(());
         }
-        let (state_dir, table, list, env, mps) = resolved?;
+        let (state_dir, table, list, env, (mps, imex_channels)) = resolved?;
         let step = Step {
             settings,
             node,
@@ -461,6 +471,7 @@ impl GresOci {
             step_name: step_name(step_id),
             state_dir,
             mps,
+            imex_channels,
         };
         set_env(h, &step, &env)?;
         self.step = Some(step);
@@ -568,6 +579,18 @@ impl GresOci {
     }
 }
 
+/// The IMEX channels this step's processes can open: the channel nodes in slurmstepd's own
+/// view of `dev-root` (switch/nvidia_imex mounts a private tmpfs there holding the job's
+/// channel), on the major the driver registered. None where the driver has no IMEX.
+fn step_imex_channels(config: &Config) -> Vec<u32> {
+    match gres_oci::imex::read_major(&config.proc_root) {
+        Ok(Some(major)) => gres_oci::inventory::scan_dev_root(&config.dev_root)
+            .map(|d| gres_oci::imex::channels_on_node(&d, major))
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
 /// How slurmstepd names a step in its process title (`slurmstepd: [145.batch]`).
 fn step_name(step_id: u32) -> String {
     match step_id {
@@ -598,6 +621,7 @@ fn task_records(step: &Step, h: &SpankHandle) -> Result<Vec<Record>, PluginError
         task_id: None,
         gpus: ids,
         mps: step.mps.is_some(),
+        imex_channels: step.imex_channels.clone(),
     };
     let task_record = Record {
         task_pid: Some(std::process::id() as i32),
@@ -870,6 +894,7 @@ mod tests {
             step_name: "0".into(),
             state_dir: "/run/gres-oci".into(),
             mps: Some(25),
+            imex_channels: Vec::new(),
         };
         let names =
             |s: &Step| -> Vec<String> { step_vars(s, &env).into_iter().map(|(k, _)| k).collect() };
