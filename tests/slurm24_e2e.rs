@@ -227,6 +227,9 @@ fn slurm24_task_none_not_minor_order() {
     scenario("per-task engine in task", || {
         engine::per_task_engine_in_task(&c)
     });
+    scenario("IMEX channels in a step", || {
+        engine::imex_channels_in_step(&c)
+    });
     drop(c);
     // Another gres.conf on the same root, task/none, the bundle prepared.
     let cluster = |gres_template: &'static str| {

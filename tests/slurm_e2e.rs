@@ -747,6 +747,7 @@ fn slurm_task_none_minor_order() {
     scenario("per_task_engine_in_task", || per_task_engine_in_task(&c));
     scenario("daemon_started_container", || daemon_started_container(&c));
     scenario("at_job_escape", || at_job_escape(&c));
+    scenario("imex_channels_in_step", || imex_channels_in_step(&c));
     scenario("batch_steps", || batch_steps(&c));
     scenario("batch_container", || batch_container(&c));
     scenario("per_task_binding", || per_task_binding(&c));
@@ -781,6 +782,7 @@ fn slurm_constrain_devices_not_minor_order() {
     scenario("per_task_engine_in_task", || per_task_engine_in_task(&c));
     scenario("daemon_started_container", || daemon_started_container(&c));
     scenario("at_job_escape", || at_job_escape(&c));
+    scenario("imex_channels_in_step", || imex_channels_in_step(&c));
     scenario("batch_steps", || batch_steps(&c));
     scenario("batch_container", || batch_container(&c));
     scenario("per_task_binding", || per_task_binding(&c));

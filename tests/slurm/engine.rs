@@ -443,3 +443,68 @@ pub fn shared_gpus(c: &Cluster, gres: &str, mps: Option<&str>) {
         "{o}"
     );
 }
+
+/// Issue: inside a Slurm job a container gets only the IMEX channels the job was given. The
+/// plugin records the channels the step's own `/dev` holds when it starts (switch/nvidia_imex
+/// makes the job's channel there); a channel node that appears later is not the job's, so
+/// `all` leaves it out and asking for it by id is refused.
+pub fn imex_channels_in_step(c: &Cluster) {
+    let dev = c.node.join("dev/nvidia-caps-imex-channels");
+    let _ = std::fs::remove_dir_all(&dev);
+    std::fs::create_dir_all(&dev).unwrap();
+    let mk = |id: u32| format!("mknod -m 666 {}/channel{id} c 234 {id}", dev.display());
+    let ok = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(mk(4))
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    std::fs::write(
+        c.node.join("proc/devices"),
+        "Character devices:\n195 nvidia-frontend\n234 nvidia-caps-imex-channels\n",
+    )
+    .unwrap();
+    const PROBE: &str = r#"for n in /dev/nvidia-caps-imex-channels/*; do [ -c "$n" ] && echo "CHAN ${n##*/}"; done; echo done"#;
+    let chans = |out: &str| -> BTreeSet<String> {
+        out.lines()
+            .filter_map(|l| l.strip_prefix("CHAN "))
+            .map(str::to_owned)
+            .collect()
+    };
+    for (name, value) in [("imex-all", "all"), ("imex-7", "7")] {
+        let b = own_bundle(
+            c,
+            name,
+            &[
+                "NVIDIA_VISIBLE_DEVICES=all",
+                &format!("NVIDIA_IMEX_CHANNELS={value}"),
+            ],
+            PROBE,
+        );
+        // Channel 7 appears after the step started: the job was not given it.
+        let o = sh(
+            c,
+            &["--gres=gpu:1"],
+            &format!("{}; {}", mk(7), runc_line(c, &b, name)),
+        );
+        let _ = std::fs::remove_file(dev.join("channel7"));
+        if value == "all" {
+            assert!(o.ok(), "{o}");
+            assert_eq!(
+                chans(&o.stdout),
+                ["channel4".to_string()].into_iter().collect(),
+                "{o}"
+            );
+        } else {
+            assert!(!o.ok(), "{o}");
+            assert!(chans(&o.stdout).is_empty(), "{o}");
+            assert!(
+                o.to_string()
+                    .contains("IMEX channel 7 is not the Slurm job's"),
+                "{o}"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dev);
+    let _ = std::fs::remove_file(c.node.join("proc/devices"));
+}
