@@ -1,0 +1,207 @@
+//! End-to-end on NVIDIA's real userspace driver: 535.261.03 from Debian 12's non-free
+//! component, unpacked into a driver root by `tests/fixtures/real-driver.sh` (which
+//! `.ci/install-deps` runs; these tests run it too, cached, and fail without it), and a real
+//! glibc image (Debian 12 minbase). Real runc and crun containers, the real hook; the only
+//! fakes are the device nodes and `/proc/driver/nvidia` (fake-node.sh), since no kernel module
+//! is loaded. Inside the container the real libraries load and answer as they do on a machine
+//! without the module.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use support::*;
+
+const VERSION: &str = "535.261.03";
+
+/// Dlopens the real libcuda and NVML the way CUDA applications do and prints their answers.
+const PROBE_C: &str = r#"
+#include <dlfcn.h>
+#include <stdio.h>
+int main(void) {
+    void *cuda = dlopen("libcuda.so.1", RTLD_NOW);
+    if (!cuda) { printf("cuda-dlopen-failed %s\n", dlerror()); }
+    else {
+        int (*get)(int *) = (int (*)(int *))dlsym(cuda, "cuDriverGetVersion");
+        int v = 0, rc = get ? get(&v) : -1;
+        printf("cuDriverGetVersion rc=%d version=%d\n", rc, v);
+    }
+    void *nvml = dlopen("libnvidia-ml.so.1", RTLD_NOW);
+    if (!nvml) { printf("nvml-dlopen-failed %s\n", dlerror()); }
+    else {
+        int (*init)(void) = (int (*)(void))dlsym(nvml, "nvmlInit_v2");
+        printf("nvmlInit_v2 rc=%d\n", init ? init() : -1);
+    }
+    return 0;
+}
+"#;
+
+const SCRIPT: &str = r#"
+/probe
+nvidia-smi >/tmp/smi.out 2>&1; echo "nvidia-smi exit=$?"
+head -1 /tmp/smi.out | sed 's/^/nvidia-smi says /'
+for f in /usr/lib/x86_64-linux-gnu/lib*nvidia* /usr/lib/x86_64-linux-gnu/libcuda*; do [ -e "$f" ] && echo "lib ${f##*/}"; done
+[ -e /usr/bin/nvidia-smi ] && echo "bin nvidia-smi"
+echo probe-done
+"#;
+
+/// The driver root and image, built once per machine (cached under target/).
+fn real() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let o = Command::new("bash")
+            .arg(repo().join("tests/fixtures/real-driver.sh"))
+            .arg(repo().join("target/real-driver"))
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "tests/fixtures/real-driver.sh failed (it needs the Debian mirror and debootstrap): {}",
+            text(&o)
+        );
+        repo().join("target/real-driver")
+    })
+}
+
+/// A fake node (device nodes, procfs) whose driver root is the real one.
+fn node() -> FakeNode {
+    require_root();
+    prepare_cgroups_for_crun();
+    let node = FakeNode::new(&["--driver", VERSION]);
+    let cfg = std::fs::read_to_string(node.config()).unwrap();
+    let fake_root = format!("root = \"{}\"", node.path().join("driver").display());
+    assert!(cfg.contains(&fake_root), "{cfg}");
+    let cfg = cfg.replace(
+        &fake_root,
+        &format!("root = \"{}\"", real().join("driver").display()),
+    );
+    std::fs::write(node.config(), cfg).unwrap();
+    node
+}
+
+/// The probe, built on the host (same glibc as the image).
+fn probe() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        let dir = repo().join("target/real-driver/probe");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("probe.c"), PROBE_C).unwrap();
+        let o = Command::new("gcc")
+            .arg("-o")
+            .arg(dir.join("probe"))
+            .arg(dir.join("probe.c"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "gcc: {}", text(&o));
+        dir.join("probe")
+    })
+}
+
+/// Runs the probe in a fresh copy of the glibc image under `rt`; returns its output lines.
+fn run(node: &FakeNode, env: &[&str], rt: Runtime) -> Vec<String> {
+    let cfg = node.config();
+    let b = Bundle::new(BundleOpts {
+        env,
+        script: SCRIPT,
+        hook_config: Some(&cfg),
+        ..BundleOpts::default()
+    });
+    let rootfs = b.rootfs();
+    std::fs::remove_dir_all(&rootfs).unwrap();
+    let o = Command::new("cp")
+        .args(["-a", "--reflink=auto"])
+        .arg(real().join("image"))
+        .arg(&rootfs)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "copying the image: {}", text(&o));
+    std::fs::copy(probe(), rootfs.join("probe")).unwrap();
+    let o = b.run(rt);
+    assert!(
+        o.status.success(),
+        "{} {env:?}: {}\n{}",
+        rt.name(),
+        text(&o),
+        node.log()
+    );
+    let lines: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert!(lines.iter().any(|l| l == "probe-done"), "{}", text(&o));
+    lines
+}
+
+#[test]
+fn real_libraries_load_and_answer_in_the_container() {
+    let node = node();
+    for rt in [Runtime::Runc, Runtime::Crun] {
+        let l = run(
+            &node,
+            &[
+                "NVIDIA_VISIBLE_DEVICES=0",
+                "NVIDIA_DRIVER_CAPABILITIES=compute,utility",
+            ],
+            rt,
+        );
+        let has = |s: &str| l.iter().any(|x| x == s);
+        // CUDA 12.2 is what 535 speaks; NVML finds no kernel module (NVML_ERROR_DRIVER_NOT_LOADED).
+        assert!(
+            has("cuDriverGetVersion rc=0 version=12020"),
+            "{}: {l:#?}",
+            rt.name()
+        );
+        assert!(has("nvmlInit_v2 rc=9"), "{}: {l:#?}", rt.name());
+        assert!(has("nvidia-smi exit=9"), "{}: {l:#?}", rt.name());
+        assert!(
+            l.iter()
+                .any(|x| x.contains("couldn't communicate with the NVIDIA driver")),
+            "{}: {l:#?}",
+            rt.name()
+        );
+        for lib in [
+            "libcuda.so.1",
+            &format!("libcuda.so.{VERSION}"),
+            "libnvidia-ml.so.1",
+            &format!("libnvidia-ptxjitcompiler.so.{VERSION}"),
+        ] {
+            assert!(has(&format!("lib {lib}")), "{} {lib}: {l:#?}", rt.name());
+        }
+    }
+}
+
+#[test]
+fn capability_filtering_holds_on_the_real_files() {
+    let node = node();
+    // utility only: NVML and nvidia-smi, no CUDA.
+    let l = run(
+        &node,
+        &[
+            "NVIDIA_VISIBLE_DEVICES=0",
+            "NVIDIA_DRIVER_CAPABILITIES=utility",
+        ],
+        Runtime::Runc,
+    );
+    let has = |l: &[String], s: &str| l.iter().any(|x| x == s);
+    assert!(has(&l, "nvmlInit_v2 rc=9"), "{l:#?}");
+    assert!(has(&l, "bin nvidia-smi"), "{l:#?}");
+    assert!(
+        l.iter().any(|x| x.starts_with("cuda-dlopen-failed")),
+        "{l:#?}"
+    );
+    assert!(!l.iter().any(|x| x.starts_with("lib libcuda")), "{l:#?}");
+    // compute only: CUDA and its JIT, no nvidia-smi (NVML is compute's too, as NVIDIA lists it).
+    let l = run(
+        &node,
+        &[
+            "NVIDIA_VISIBLE_DEVICES=0",
+            "NVIDIA_DRIVER_CAPABILITIES=compute",
+        ],
+        Runtime::Crun,
+    );
+    assert!(has(&l, "cuDriverGetVersion rc=0 version=12020"), "{l:#?}");
+    assert!(!has(&l, "bin nvidia-smi"), "{l:#?}");
+    assert!(has(&l, "nvidia-smi exit=127"), "{l:#?}");
+}
