@@ -117,6 +117,9 @@ pub struct CdiOptions {
     pub ldconfig: Option<PathBuf>,
     /// `/proc/driver/nvidia-caps/mig-minors`, for MIG devices.
     pub mig_minors: BTreeMap<String, u32>,
+    /// The host driver version the linker-cache hook checks an image's CUDA forward-compat
+    /// libraries against (`cuda-compat-mode = "ldconfig"`); `None` never uses them.
+    pub cuda_compat_host: Option<String>,
 }
 
 impl Default for CdiOptions {
@@ -132,6 +135,7 @@ impl Default for CdiOptions {
             hook_path: PathBuf::from("/usr/bin/gres-oci-hook"),
             ldconfig: Some(PathBuf::from("/sbin/ldconfig")),
             mig_minors: BTreeMap::new(),
+            cuda_compat_host: None,
         }
     }
 }
@@ -312,6 +316,9 @@ pub fn generate(
         }
         if let Some(ld) = &opts.ldconfig {
             args.extend(["--ldconfig".to_owned(), utf8(ld)?]);
+            if let Some(v) = &opts.cuda_compat_host {
+                args.extend(["--host-driver-version".to_owned(), v.clone()]);
+            }
             for d in lib_dirs {
                 args.extend(["--folder".to_owned(), d]);
             }

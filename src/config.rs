@@ -80,8 +80,19 @@ pub struct Config {
     pub outside_slurm: OutsideSlurm,
     /// Fabric devices every GPU container gets, as if it set `NVIDIA_<NAME>=enabled`.
     pub fabric_devices: Vec<crate::fabric::Fabric>,
+    /// Whether an image's CUDA forward-compat libraries come first when NVIDIA's rule says so.
+    pub cuda_compat: CudaCompatMode,
     /// Keys of NVIDIA's format that are accepted and have no effect here.
     pub ignored_keys: Vec<String>,
+}
+
+/// `cuda-compat-mode`: NVIDIA's default, `ldconfig` (the image's compat libraries first in the
+/// linker cache when the rule says so), or `disabled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CudaCompatMode {
+    Ldconfig,
+    Disabled,
 }
 
 impl Default for Config {
@@ -107,6 +118,7 @@ impl Default for Config {
             state_dir: PathBuf::from("/run/gres-oci"),
             outside_slurm: OutsideSlurm::Auto,
             fabric_devices: Vec::new(),
+            cuda_compat: CudaCompatMode::Ldconfig,
             ignored_keys: Vec::new(),
         }
     }
@@ -150,6 +162,7 @@ struct RawOurs {
     state_dir: Option<PathBuf>,
     outside_slurm: Option<OutsideSlurm>,
     fabric_devices: Option<Vec<crate::fabric::Fabric>>,
+    cuda_compat_mode: Option<CudaCompatMode>,
 }
 
 impl Config {
@@ -232,6 +245,9 @@ impl Config {
         }
         if let Some(f) = ours.fabric_devices {
             c.fabric_devices = f;
+        }
+        if let Some(m) = ours.cuda_compat_mode {
+            c.cuda_compat = m;
         }
         if let Some(p) = ours.nvml_library {
             c.nvml_library = Some(absolute(p).map_err(|m| invalid("gres-oci.nvml-library", m))?);
@@ -424,6 +440,7 @@ library-search-dirs = ["/opt/nvidia/lib"]
 state-dir = "/tmp/x/state"
 outside-slurm = "deny"
 fabric-devices = ["mofed", "gdrcopy"]
+cuda-compat-mode = "disabled"
 "#,
         )
         .unwrap();
@@ -431,6 +448,7 @@ fabric-devices = ["mofed", "gdrcopy"]
             c.fabric_devices,
             [crate::fabric::Fabric::Mofed, crate::fabric::Fabric::Gdrcopy]
         );
+        assert_eq!(c.cuda_compat, CudaCompatMode::Disabled);
         assert_eq!(c.dev_root, PathBuf::from("/tmp/x/dev"));
         assert_eq!(c.proc_root, PathBuf::from("/tmp/x/proc"));
         assert_eq!(c.gres_conf, PathBuf::from("/tmp/x/gres.conf"));

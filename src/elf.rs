@@ -1,5 +1,6 @@
 //! Reads the `DT_SONAME` of a 64-bit little-endian ELF shared object, for driver libraries
-//! found outside the linker cache. Bounds-checked; any malformed file gives `None`.
+//! found outside the linker cache, and note sections (CUDA's forward-compatibility note).
+//! Bounds-checked; any malformed file gives `None`.
 
 use std::path::Path;
 
@@ -72,6 +73,53 @@ pub fn soname_of(b: &[u8]) -> Option<String> {
     let rest = b.get(start..)?;
     let len = rest.iter().position(|&c| c == 0)?;
     String::from_utf8(rest[..len].to_vec()).ok()
+}
+
+/// The contents of section `name`, if it is a note section (`SHT_NOTE`) of an ELF64 LE file
+/// read through `f` (positioned reads only; at most 64 KiB of it, and a few KiB of headers).
+/// Anything malformed gives `None`; a hostile image can ship such a file.
+pub fn note_section(f: &std::fs::File, name: &str) -> Option<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    const SHT_NOTE: u64 = 7;
+    const MAX_NOTE: u64 = 64 * 1024;
+    const MAX_SECTIONS: u64 = 4096;
+    let read = |off: u64, len: u64| -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; usize::try_from(len).ok()?];
+        f.read_exact_at(&mut buf, off).ok()?;
+        Some(buf)
+    };
+    let eh = read(0, 64)?;
+    if eh.get(0..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let shoff = u64_at(&eh, 0x28)?;
+    let shentsize = u16_at(&eh, 0x3a)?;
+    let shnum = u16_at(&eh, 0x3c)?;
+    let shstrndx = u16_at(&eh, 0x3e)?;
+    if shentsize < 64 || shnum > MAX_SECTIONS || shstrndx >= shnum {
+        return None;
+    }
+    let table = read(shoff, shentsize.checked_mul(shnum)?)?;
+    let header = |i: u64| {
+        let o = usize::try_from(i * shentsize).ok()?;
+        // (sh_name, sh_type, sh_offset, sh_size)
+        Some((
+            u32_at(&table, o)?,
+            u32_at(&table, o + 4)?,
+            u64_at(&table, o + 0x18)?,
+            u64_at(&table, o + 0x20)?,
+        ))
+    };
+    let (_, _, stroff, strsize) = header(shstrndx)?;
+    let strtab = read(stroff, strsize.min(MAX_NOTE))?;
+    (0..shnum).find_map(|i| {
+        let (n, kind, off, size) = header(i)?;
+        let s = strtab.get(usize::try_from(n).ok()?..)?;
+        let end = s.iter().position(|&b| b == 0)?;
+        (kind == SHT_NOTE && &s[..end] == name.as_bytes() && size <= MAX_NOTE)
+            .then(|| read(off, size))
+            .flatten()
+    })
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 pub mod allocation;
 pub mod cdi;
 pub mod config;
+pub mod cudacompat;
 pub mod driver;
 pub mod elf;
 pub mod fabric;

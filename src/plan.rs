@@ -134,6 +134,9 @@ pub struct Plan {
     pub symlinks: Vec<Symlink>,
     pub cgroup_rules: Vec<CgroupRule>,
     pub ldcache: Option<LdcacheUpdate>,
+    /// The image's CUDA forward-compat libcuda version, when its libraries come first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cuda_compat: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -181,6 +184,8 @@ pub struct Inputs<'a> {
     pub imex_major: Option<u32>,
     /// The IMEX channels the Slurm job was given; `None` outside Slurm.
     pub imex_allowed: Option<&'a [u32]>,
+    /// The image's CUDA forward-compat libraries, when NVIDIA's rule says to use them.
+    pub cuda_compat: Option<&'a crate::cudacompat::CompatLibs>,
     pub config: &'a Config,
 }
 
@@ -365,6 +370,22 @@ pub fn plan(i: &Inputs) -> Result<Plan, PlanError> {
         r.dedup();
         r
     };
+    // Forward compat: the image's compat libraries take their sonames in the cache, and their
+    // dir comes first for ldconfig, so libcuda.so.1 resolves to the newer compat library.
+    let cuda_compat = match (i.cuda_compat, lib_dirs.is_empty()) {
+        (Some(c), false) => {
+            entries.retain(|e| e.compat32 || !c.libraries.iter().any(|(s, _)| *s == e.soname));
+            entries.extend(c.libraries.iter().map(|(soname, path)| CacheEntry {
+                soname: soname.clone(),
+                path: path.clone(),
+                compat32: false,
+            }));
+            entries.sort();
+            lib_dirs.insert(0, PathBuf::from(crate::cudacompat::COMPAT_DIR));
+            Some(c.version.clone())
+        }
+        _ => None,
+    };
     let ldcache = match (&i.config.ldconfig, lib_dirs.is_empty()) {
         (Ldconfig::Host(p), false) => Some(LdcacheUpdate {
             ldconfig: p.clone(),
@@ -385,6 +406,7 @@ pub fn plan(i: &Inputs) -> Result<Plan, PlanError> {
         mounts,
         symlinks,
         cgroup_rules,
+        cuda_compat: ldcache.as_ref().and(cuda_compat),
         ldcache,
     })
 }
@@ -703,6 +725,7 @@ mod tests {
             allocation,
             imex_major: Some(234),
             imex_allowed: None,
+            cuda_compat: None,
             config,
         })
     }
@@ -989,6 +1012,52 @@ mod tests {
     }
 
     #[test]
+    fn cuda_compat_libraries_take_their_sonames_first() {
+        let c = Config::default();
+        let env: Vec<String> = vec!["NVIDIA_VISIBLE_DEVICES=0".into()];
+        let request = Request::from_env(&env_map(&env).unwrap(), &c)
+            .unwrap()
+            .unwrap();
+        let compat = crate::cudacompat::CompatLibs {
+            version: "575.57.08".into(),
+            libraries: vec![(
+                "libcuda.so.1".into(),
+                "/usr/local/cuda/compat/libcuda.so.1".into(),
+            )],
+        };
+        let (inv, drv, dev) = (inventory(), driver(), devices());
+        let p = plan(&Inputs {
+            container_id: "c1",
+            rootfs: Path::new("/r"),
+            layout: Layout::Debian,
+            request: &request,
+            inventory: &inv,
+            driver: &drv,
+            devices: &dev,
+            mig_minors: &BTreeMap::new(),
+            allocation: Allocation::Unrestricted,
+            imex_major: None,
+            imex_allowed: None,
+            cuda_compat: Some(&compat),
+            config: &c,
+        })
+        .unwrap();
+        assert_eq!(p.cuda_compat.as_deref(), Some("575.57.08"));
+        let l = p.ldcache.unwrap();
+        assert_eq!(l.dirs[0], Path::new("/usr/local/cuda/compat"));
+        let cuda: Vec<_> = l
+            .entries
+            .iter()
+            .filter(|e| e.soname == "libcuda.so.1")
+            .collect();
+        assert_eq!(cuda.len(), 1);
+        assert_eq!(
+            cuda[0].path,
+            Path::new("/usr/local/cuda/compat/libcuda.so.1")
+        );
+    }
+
+    #[test]
     fn a_step_holding_one_mig_slice_reaches_no_other() {
         use crate::request::PhysicalId;
         let c = Config::default();
@@ -1205,6 +1274,7 @@ mod tests {
             allocation: Allocation::Unrestricted,
             imex_major: None,
             imex_allowed: None,
+            cuda_compat: None,
             config: &c,
         })
         .unwrap_err()

@@ -205,3 +205,192 @@ fn capability_filtering_holds_on_the_real_files() {
     assert!(!has(&l, "bin nvidia-smi"), "{l:#?}");
     assert!(has(&l, "nvidia-smi exit=127"), "{l:#?}");
 }
+
+/// A stand-in for NVIDIA's `cuda-compat` libcuda: SONAME `libcuda.so.1`, a
+/// `.note.cuda.fwd_compatibility` note naming the host majors it supports (when `majors` is
+/// given), and a `cuDriverGetVersion` that answers 12090, so the probe tells which libcuda the
+/// loader picked.
+fn compat_lib(dir: &Path, version: &str, majors: Option<&str>) {
+    std::fs::create_dir_all(dir).unwrap();
+    let note = majors
+        .map(|m| {
+            let desc = format!(
+                r#"{{"Format": 1, "CUDA Version": "12.9", "Driver": [{m}], "Device": []}}"#
+            );
+            format!(
+                r#"struct note {{ unsigned namesz, descsz, type; char name[20]; char desc[{n}]; }};
+__attribute__((section(".note.cuda.fwd_compatibility"), aligned(4), used))
+static const struct note cuda_note = {{ 19, {n}, 1, "NVIDIA Corporation", {desc:?} }};
+"#,
+                n = desc.len() + 1
+            )
+        })
+        .unwrap_or_default();
+    let src = dir.join("compat.c");
+    std::fs::write(
+        &src,
+        format!("{note}int cuDriverGetVersion(int *v) {{ *v = 12090; return 0; }}\n"),
+    )
+    .unwrap();
+    let lib = dir.join(format!("libcuda.so.{version}"));
+    let o = Command::new("gcc")
+        .args(["-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o"])
+        .arg(&lib)
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "gcc: {}", text(&o));
+    std::fs::remove_file(&src).unwrap();
+    std::os::unix::fs::symlink(format!("libcuda.so.{version}"), dir.join("libcuda.so.1")).unwrap();
+}
+
+/// Runs the probe with `prepare` applied to the fresh image first.
+fn run_with(
+    node: &FakeNode,
+    config: &Path,
+    rt: Runtime,
+    prepare: impl FnOnce(&Path),
+) -> Vec<String> {
+    let env = [
+        "NVIDIA_VISIBLE_DEVICES=0",
+        "NVIDIA_DRIVER_CAPABILITIES=compute,utility",
+    ];
+    let b = Bundle::new(BundleOpts {
+        env: &env,
+        script: SCRIPT,
+        hook_config: Some(config),
+        ..BundleOpts::default()
+    });
+    let rootfs = b.rootfs();
+    std::fs::remove_dir_all(&rootfs).unwrap();
+    let o = Command::new("cp")
+        .args(["-a", "--reflink=auto"])
+        .arg(real().join("image"))
+        .arg(&rootfs)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "copying the image: {}", text(&o));
+    std::fs::copy(probe(), rootfs.join("probe")).unwrap();
+    prepare(&rootfs);
+    let o = b.run(rt);
+    assert!(
+        o.status.success(),
+        "{}: {}\n{}",
+        rt.name(),
+        text(&o),
+        node.log()
+    );
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// CUDA forward compatibility, by NVIDIA's rule, against the real 535 driver: an image's newer
+/// compat libcuda whose note lists the host's major comes first; one whose note does not, an
+/// older one, or any with `cuda-compat-mode = "disabled"`, leaves the host's libcuda; without a
+/// note only a newer major counts. A compat dir that is a link out of the image reaches
+/// nothing.
+#[test]
+fn cuda_forward_compat_follows_nvidias_rule() {
+    let node = node();
+    let cfg = node.config();
+    let compat = |l: &[String]| {
+        l.iter()
+            .any(|x| x == "cuDriverGetVersion rc=0 version=12090")
+    };
+    let host = |l: &[String]| {
+        l.iter()
+            .any(|x| x == "cuDriverGetVersion rc=0 version=12020")
+    };
+    let at = |r: &Path| r.join("usr/local/cuda/compat");
+    for rt in [Runtime::Runc, Runtime::Crun] {
+        let l = run_with(&node, &cfg, rt, |r| {
+            compat_lib(&at(r), "575.57.08", Some("535, 550"))
+        });
+        assert!(compat(&l), "{}: {l:#?}\n{}", rt.name(), node.log());
+        let l = run_with(&node, &cfg, rt, |r| {
+            compat_lib(&at(r), "575.57.08", Some("550"))
+        });
+        assert!(host(&l), "{}: {l:#?}", rt.name());
+    }
+    let l = run_with(&node, &cfg, Runtime::Runc, |r| {
+        compat_lib(&at(r), "535.104.05", Some("535"))
+    });
+    assert!(host(&l), "older compat: {l:#?}");
+    let l = run_with(&node, &cfg, Runtime::Runc, |r| {
+        compat_lib(&at(r), "545.23.08", None)
+    });
+    assert!(compat(&l), "no note, newer major: {l:#?}");
+    let l = run_with(&node, &cfg, Runtime::Runc, |r| {
+        compat_lib(&at(r), "535.300.01", None)
+    });
+    assert!(host(&l), "no note, same major: {l:#?}");
+    // The key turns it off.
+    let off = node.path().join("compat-off.toml");
+    let text_cfg = std::fs::read_to_string(&cfg).unwrap().replacen(
+        "[gres-oci]\n",
+        "[gres-oci]\ncuda-compat-mode = \"disabled\"\n",
+        1,
+    );
+    std::fs::write(&off, text_cfg).unwrap();
+    let l = run_with(&node, &off, Runtime::Runc, |r| {
+        compat_lib(&at(r), "575.57.08", Some("535"))
+    });
+    assert!(host(&l), "disabled: {l:#?}");
+    // A compat dir linking to a host directory that holds a usable compat library.
+    let outside = tempfile::tempdir().unwrap();
+    compat_lib(outside.path(), "575.57.08", Some("535"));
+    let l = run_with(&node, &cfg, Runtime::Runc, |r| {
+        std::fs::create_dir_all(r.join("usr/local/cuda")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), at(r)).unwrap();
+    });
+    assert!(host(&l), "a link out of the image: {l:#?}");
+}
+
+/// The same rule in the CDI path: the `update-ldcache` createContainer hook of generated specs
+/// gets `--host-driver-version` and puts a suitable compat dir first (here the only place
+/// libcuda.so.1 exists, so the probe loads the compat one or none).
+#[test]
+fn cdi_linker_cache_hook_applies_the_compat_rule() {
+    require_root();
+    prepare_cgroups_for_crun();
+    let run = |majors: &str| {
+        let mut b = Bundle::new(BundleOpts {
+            script: SCRIPT,
+            ..BundleOpts::default()
+        });
+        let rootfs = b.rootfs();
+        std::fs::remove_dir_all(&rootfs).unwrap();
+        let o = Command::new("cp")
+            .args(["-a", "--reflink=auto"])
+            .arg(real().join("image"))
+            .arg(&rootfs)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        std::fs::copy(probe(), rootfs.join("probe")).unwrap();
+        compat_lib(
+            &rootfs.join("usr/local/cuda/compat"),
+            "575.57.08",
+            Some(majors),
+        );
+        b.spec["hooks"] = serde_json::json!({"createContainer": [{
+            "path": hook_bin(),
+            "args": ["gres-oci-hook", "update-ldcache", "--folder", "/usr/lib/x86_64-linux-gnu",
+                     "--host-driver-version", VERSION],
+            "env": gres_oci::HOOK_ENV,
+        }]});
+        b.write();
+        let o = b.run(Runtime::Runc);
+        assert!(o.status.success(), "{}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let out = run("535");
+    assert!(
+        out.contains("cuDriverGetVersion rc=0 version=12090"),
+        "{out}"
+    );
+    let out = run("550");
+    assert!(out.contains("cuda-dlopen-failed"), "{out}");
+}

@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use gres_oci::cdi::{self, CdiOptions};
-use gres_oci::config::{Config, Ldconfig};
+use gres_oci::config::{Config, CudaCompatMode, Ldconfig};
 use gres_oci::driver::DriverRoot;
 use gres_oci::inventory::{read_mig_minors, scan_dev_root};
-use gres_oci::selection::parse_capabilities;
+use gres_oci::selection::{parse_capabilities, Capability};
 
 use crate::gather;
 
@@ -184,6 +184,8 @@ fn generate(global_config: Option<&Path>, f: &Flags) -> Result<()> {
         Default::default()
     };
     let defaults = CdiOptions::default();
+    let compat = config.cuda_compat == CudaCompatMode::Ldconfig
+        && capabilities.contains(Capability::Compute);
     let opts = CdiOptions {
         vendor: f.last("vendor").unwrap_or(&defaults.vendor).to_owned(),
         class: f.last("class").unwrap_or(&defaults.class).to_owned(),
@@ -196,6 +198,7 @@ fn generate(global_config: Option<&Path>, f: &Flags) -> Result<()> {
             Ldconfig::Disabled => None,
         },
         mig_minors,
+        cuda_compat_host: compat.then(|| inv.driver_version.clone()),
     };
     let spec = cdi::generate(&inv, &driver, &devices, &opts)?;
     let text = if format == "yaml" {

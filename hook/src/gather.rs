@@ -5,14 +5,16 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use gres_oci::allocation::{allowed_gpus, identify, narrow, Grant, StepRef};
+use gres_oci::config::CudaCompatMode;
 use gres_oci::config::{Config, OutsideSlurm};
+use gres_oci::cudacompat::{self, CompatLibs};
 use gres_oci::driver::{resolve_in, DriverRoot};
 use gres_oci::fabric::Fabric;
 use gres_oci::inventory::{read_mig_minors, read_nvml, read_procfs, scan_dev_root, Inventory};
 use gres_oci::ldcache::{native_arch, LdCache};
 use gres_oci::plan::{plan, Allocation, Inputs, Layout, Plan};
 use gres_oci::request::{env_map, Devices, PhysicalId, Request, GPUS_VAR};
-use gres_oci::selection::DeviceRequest;
+use gres_oci::selection::{Capability, DeviceRequest};
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 use crate::state::Bundle;
@@ -106,6 +108,71 @@ fn layout(rootfs: &Path) -> Layout {
     } else {
         Layout::Other
     }
+}
+
+/// The image's CUDA forward-compat libraries (`/usr/local/cuda/compat`), when NVIDIA's rule
+/// says to put them first for a host driver `host_driver`. Read inside the rootfs without
+/// following links out of it or onto other mounts; only regular files are opened (never
+/// blocking), and only their ELF headers and the note are read. Anything odd: not used.
+pub fn cuda_compat(rootfs: &Path, host_driver: &str) -> Option<CompatLibs> {
+    let how = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_XDEV;
+    let root = rustix::fs::open(
+        rootfs,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let rel = cudacompat::COMPAT_DIR.trim_start_matches('/');
+    let dir = rustix::fs::openat2(
+        &root,
+        rel,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        how,
+    )
+    .ok()?;
+    let mut names = Vec::new();
+    for e in rustix::fs::Dir::read_from(&dir).ok()?.flatten().take(4096) {
+        if let Ok(n) = e.file_name().to_str() {
+            names.push(n.to_owned());
+        }
+    }
+    let libcudas: Vec<&String> = names
+        .iter()
+        .filter(|n| cudacompat::libcuda_version(n).is_some())
+        .collect();
+    let [lib] = libcudas[..] else {
+        if libcudas.len() > 1 {
+            tracing::warn!(found = ?libcudas, "several CUDA compat libcuda files; compat not used");
+        }
+        return None;
+    };
+    let version = cudacompat::libcuda_version(lib)?.to_owned();
+    let fd = rustix::fs::openat2(
+        &dir,
+        lib.as_str(),
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+        how,
+    )
+    .ok()?;
+    let file = std::fs::File::from(fd);
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let note = gres_oci::elf::note_section(&file, cudacompat::NOTE_SECTION)
+        .and_then(|s| cudacompat::parse_note(&s));
+    if !cudacompat::use_compat(&version, note.as_ref(), host_driver) {
+        tracing::debug!(compat = %version, host = %host_driver, note = note.is_some(), "CUDA compat libraries not used");
+        return None;
+    }
+    let mut libraries: Vec<(String, PathBuf)> = names
+        .iter()
+        .filter(|n| cudacompat::is_soname(n))
+        .map(|n| (n.clone(), Path::new(cudacompat::COMPAT_DIR).join(n)))
+        .collect();
+    libraries.sort();
+    Some(CompatLibs { version, libraries })
 }
 
 /// How the container stands to Slurm.
@@ -250,6 +317,12 @@ pub fn build_plan(
     } else {
         Default::default()
     };
+    let compat = match config.cuda_compat {
+        CudaCompatMode::Ldconfig if request.capabilities.contains(Capability::Compute) => {
+            cuda_compat(&bundle.rootfs, &inv.driver_version)
+        }
+        _ => None,
+    };
     let imex_major = match &request.imex {
         Some(_) => gres_oci::imex::read_major(&config.proc_root)?,
         None => None,
@@ -290,6 +363,7 @@ pub fn build_plan(
             Standing::InStep { grant, .. } => Some(&grant.imex_channels),
             _ => None,
         },
+        cuda_compat: compat.as_ref(),
         config,
     })
     .map_err(|e| match step {

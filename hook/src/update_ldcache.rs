@@ -23,22 +23,30 @@ use crate::cdi_cmd::Flags;
 
 pub const USAGE: &str = "\
 Usage: gres-oci-hook update-ldcache [--link PATH::TARGET]... [--folder DIR]... [--ldconfig PATH]
+                                    [--host-driver-version VERSION]
 
 An OCI createContainer hook (OCI state on stdin), as generated CDI specs run it: creates each
 link PATH (absolute, in the container) pointing at TARGET, leaving anything already there
 alone, then, when folders are given, rebuilds the container's linker cache for those
 directories with the host's ldconfig (default /sbin/ldconfig, or /sbin/ldconfig.real when
-present) and mounts it over /etc/ld.so.cache; the image's own file is not rewritten.
+present) and mounts it over /etc/ld.so.cache; the image's own file is not rewritten. With
+--host-driver-version, an image's CUDA forward-compat libraries (/usr/local/cuda/compat) come
+first when NVIDIA's rule says they suit that host driver.
 ";
 
 struct Args {
     links: Vec<(PathBuf, PathBuf)>,
     folders: Vec<PathBuf>,
     ldconfig: PathBuf,
+    host_driver_version: Option<String>,
 }
 
 fn parse(rest: &[String]) -> Result<Option<Args>> {
-    let f = Flags::parse(rest, &["link", "folder", "ldconfig"], &["help", "h"])?;
+    let f = Flags::parse(
+        rest,
+        &["link", "folder", "ldconfig", "host-driver-version"],
+        &["help", "h"],
+    )?;
     if f.has("help") || f.has("h") {
         print!("{USAGE}");
         return Ok(None);
@@ -74,6 +82,7 @@ fn parse(rest: &[String]) -> Result<Option<Args>> {
         links,
         folders,
         ldconfig,
+        host_driver_version: f.last("host-driver-version").map(str::to_owned),
     }))
 }
 
@@ -128,6 +137,19 @@ pub fn run(rest: &[String]) -> Result<()> {
     };
     let bundle = bundle_dir(std::io::stdin().lock())?;
     let rootfs = rootfs(&bundle)?;
+    let mut folders = args.folders.clone();
+    if let Some(host) = args
+        .host_driver_version
+        .as_deref()
+        .filter(|_| !folders.is_empty())
+    {
+        // ldconfig lists the first dir's library first for a soname, which is the one ld.so
+        // takes.
+        if let Some(c) = crate::gather::cuda_compat(&rootfs, host) {
+            tracing::debug!(compat = %c.version, "CUDA compat libraries first");
+            folders.insert(0, PathBuf::from(gres_oci::cudacompat::COMPAT_DIR));
+        }
+    }
     let (fd, ldconfig_path) = match ldconfig {
         Some((fd, p)) => (Some(fd), Some(p)),
         None => (None, None),
@@ -139,7 +161,7 @@ pub fn run(rest: &[String]) -> Result<()> {
         }
     }
     if let Some(p) = ldconfig_path {
-        sys.ldconfig(&p, &args.folders, &[])?;
+        sys.ldconfig(&p, &folders, &[])?;
     }
     Ok(())
 }
