@@ -671,6 +671,17 @@ mod tests {
         inv: &Inventory,
         allocation: Allocation,
     ) -> Result<Plan, PlanError> {
+        plan_compat(env, config, layout, inv, allocation, None)
+    }
+
+    fn plan_compat(
+        env: &[&str],
+        config: &Config,
+        layout: Layout,
+        inv: &Inventory,
+        allocation: Allocation,
+        cuda_compat: Option<&crate::cudacompat::CompatLibs>,
+    ) -> Result<Plan, PlanError> {
         let env: Vec<String> = env.iter().map(|s| s.to_string()).collect();
         let map = env_map(&env).unwrap();
         let request = Request::from_env(&map, config)
@@ -725,7 +736,7 @@ mod tests {
             allocation,
             imex_major: Some(234),
             imex_allowed: None,
-            cuda_compat: None,
+            cuda_compat,
             config,
         })
     }
@@ -1014,10 +1025,6 @@ mod tests {
     #[test]
     fn cuda_compat_libraries_take_their_sonames_first() {
         let c = Config::default();
-        let env: Vec<String> = vec!["NVIDIA_VISIBLE_DEVICES=0".into()];
-        let request = Request::from_env(&env_map(&env).unwrap(), &c)
-            .unwrap()
-            .unwrap();
         let compat = crate::cudacompat::CompatLibs {
             version: "575.57.08".into(),
             libraries: vec![(
@@ -1025,22 +1032,14 @@ mod tests {
                 "/usr/local/cuda/compat/libcuda.so.1".into(),
             )],
         };
-        let (inv, drv, dev) = (inventory(), driver(), devices());
-        let p = plan(&Inputs {
-            container_id: "c1",
-            rootfs: Path::new("/r"),
-            layout: Layout::Debian,
-            request: &request,
-            inventory: &inv,
-            driver: &drv,
-            devices: &dev,
-            mig_minors: &BTreeMap::new(),
-            allocation: Allocation::Unrestricted,
-            imex_major: None,
-            imex_allowed: None,
-            cuda_compat: Some(&compat),
-            config: &c,
-        })
+        let p = plan_compat(
+            &["NVIDIA_VISIBLE_DEVICES=0"],
+            &c,
+            Layout::Debian,
+            &inventory(),
+            Allocation::Unrestricted,
+            Some(&compat),
+        )
         .unwrap();
         assert_eq!(p.cuda_compat.as_deref(), Some("575.57.08"));
         let l = p.ldcache.unwrap();

@@ -99,13 +99,12 @@ fn probe() -> &'static Path {
     })
 }
 
-/// Runs the probe in a fresh copy of the glibc image under `rt`; returns its output lines.
-fn run(node: &FakeNode, env: &[&str], rt: Runtime) -> Vec<String> {
-    let cfg = node.config();
+/// A bundle running the probe script in a fresh copy of the glibc image, with the probe in it.
+fn image_bundle(env: &[&str], hook_config: Option<&Path>) -> Bundle {
     let b = Bundle::new(BundleOpts {
         env,
         script: SCRIPT,
-        hook_config: Some(&cfg),
+        hook_config,
         ..BundleOpts::default()
     });
     let rootfs = b.rootfs();
@@ -118,6 +117,13 @@ fn run(node: &FakeNode, env: &[&str], rt: Runtime) -> Vec<String> {
         .unwrap();
     assert!(o.status.success(), "copying the image: {}", text(&o));
     std::fs::copy(probe(), rootfs.join("probe")).unwrap();
+    b
+}
+
+/// Runs the probe in a fresh copy of the glibc image under `rt`; returns its output lines.
+fn run(node: &FakeNode, env: &[&str], rt: Runtime) -> Vec<String> {
+    let cfg = node.config();
+    let b = image_bundle(env, Some(&cfg));
     let o = b.run(rt);
     assert!(
         o.status.success(),
@@ -255,23 +261,8 @@ fn run_with(
         "NVIDIA_VISIBLE_DEVICES=0",
         "NVIDIA_DRIVER_CAPABILITIES=compute,utility",
     ];
-    let b = Bundle::new(BundleOpts {
-        env: &env,
-        script: SCRIPT,
-        hook_config: Some(config),
-        ..BundleOpts::default()
-    });
-    let rootfs = b.rootfs();
-    std::fs::remove_dir_all(&rootfs).unwrap();
-    let o = Command::new("cp")
-        .args(["-a", "--reflink=auto"])
-        .arg(real().join("image"))
-        .arg(&rootfs)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "copying the image: {}", text(&o));
-    std::fs::copy(probe(), rootfs.join("probe")).unwrap();
-    prepare(&rootfs);
+    let b = image_bundle(&env, Some(config));
+    prepare(&b.rootfs());
     let o = b.run(rt);
     assert!(
         o.status.success(),
@@ -356,22 +347,9 @@ fn cdi_linker_cache_hook_applies_the_compat_rule() {
     require_root();
     prepare_cgroups_for_crun();
     let run = |majors: &str| {
-        let mut b = Bundle::new(BundleOpts {
-            script: SCRIPT,
-            ..BundleOpts::default()
-        });
-        let rootfs = b.rootfs();
-        std::fs::remove_dir_all(&rootfs).unwrap();
-        let o = Command::new("cp")
-            .args(["-a", "--reflink=auto"])
-            .arg(real().join("image"))
-            .arg(&rootfs)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", text(&o));
-        std::fs::copy(probe(), rootfs.join("probe")).unwrap();
+        let mut b = image_bundle(&[], None);
         compat_lib(
-            &rootfs.join("usr/local/cuda/compat"),
+            &b.rootfs().join("usr/local/cuda/compat"),
             "575.57.08",
             Some(majors),
         );
