@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::driver::DriverFiles;
 use crate::inventory::Inventory;
-use crate::plan::HostDevices;
+use crate::plan::{HostDevices, Layout};
 use crate::selection::{Capabilities, Capability};
 
 /// The version generated specs declare.
@@ -120,6 +120,9 @@ pub struct CdiOptions {
     /// The host driver version the linker-cache hook checks an image's CUDA forward-compat
     /// libraries against (`cuda-compat-mode = "ldconfig"`); `None` never uses them.
     pub cuda_compat_host: Option<String>,
+    /// Also mount each library at its soname links' paths, for engines that apply a spec's
+    /// mounts but not its hooks (Apptainer's `--device`).
+    pub soname_mounts: bool,
 }
 
 impl Default for CdiOptions {
@@ -136,6 +139,7 @@ impl Default for CdiOptions {
             ldconfig: Some(PathBuf::from("/sbin/ldconfig")),
             mig_minors: BTreeMap::new(),
             cuda_compat_host: None,
+            soname_mounts: false,
         }
     }
 }
@@ -270,11 +274,24 @@ pub fn generate(
             .unwrap_or("/")
             .to_owned();
         for l in &lib.links {
-            links.push(format!(
-                "{}::{}",
-                Path::new(&dir).join(l).display(),
-                lib.file_name
-            ));
+            let path = Path::new(&dir).join(l);
+            links.push(format!("{}::{}", path.display(), lib.file_name));
+            if opts.soname_mounts {
+                // Where the image's loader looks without a cache entry: its default dirs,
+                // Debian's or the others' (a spec does not know the image's layout).
+                for layout in [Layout::Debian, Layout::Other] {
+                    let d = if lib.compat32 {
+                        layout.lib32_dir()
+                    } else {
+                        layout.lib_dir()
+                    };
+                    common.mounts.push(Mount {
+                        host_path: utf8(&lib.host_path)?,
+                        container_path: utf8(&Path::new(d).join(l))?,
+                        options: owned(FILE_OPTIONS),
+                    });
+                }
+            }
         }
         common.mounts.push(Mount {
             host_path: utf8(&lib.host_path)?,
@@ -984,6 +1001,34 @@ mod tests {
             ..Default::default()
         };
         (inv, driver, devices, opts)
+    }
+
+    #[test]
+    fn soname_mounts_for_engines_without_hooks() {
+        let (inv, driver, devices, mut opts) = inputs();
+        let plain = generate(&inv, &driver, &devices, &opts).unwrap();
+        opts.soname_mounts = true;
+        let spec = generate(&inv, &driver, &devices, &opts).unwrap();
+        let paths = |s: &Spec| -> Vec<String> {
+            s.container_edits
+                .mounts
+                .iter()
+                .map(|m| m.container_path.clone())
+                .collect()
+        };
+        assert!(!paths(&plain).contains(&"/usr/lib64/libcuda.so.1".to_string()));
+        for p in [
+            "/usr/lib64/libcuda.so.1",
+            "/usr/lib/x86_64-linux-gnu/libcuda.so.1",
+        ] {
+            assert!(
+                paths(&spec).contains(&p.to_string()),
+                "{p}: {:?}",
+                paths(&spec)
+            );
+        }
+        // The hook still makes the links for engines that run it.
+        assert_eq!(spec.container_edits.hooks, plain.container_edits.hooks);
     }
 
     fn nodes(spec: &Spec, name: &str) -> Vec<String> {

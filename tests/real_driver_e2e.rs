@@ -372,3 +372,79 @@ fn cdi_linker_cache_hook_applies_the_compat_rule() {
     let out = run("550");
     assert!(out.contains("cuda-dlopen-failed"), "{out}");
 }
+
+/// Apptainer's `--device` applies a CDI spec's env, mounts and device nodes but not its hooks.
+/// Done here the same way (the spec's edits written into a runc bundle, its hooks left out):
+/// with `cdi generate --soname-mounts` the real libcuda loads by its soname; without, it does
+/// not, since nothing makes the links or the cache.
+#[test]
+fn cdi_spec_without_its_hooks_still_finds_the_driver() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let node = node();
+    let generate = |extra: &[&str]| -> serde_json::Value {
+        let o = Command::new(hook_bin())
+            .arg(format!("-config={}", node.config().display()))
+            .args(["cdi", "generate", "--format", "json"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "cdi generate: {}", text(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let run = |spec: &serde_json::Value| {
+        let mut b = image_bundle(&[], None);
+        let dev0 = spec["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == "0")
+            .expect("device 0");
+        for edits in [&spec["containerEdits"], &dev0["containerEdits"]] {
+            for m in edits["mounts"].as_array().into_iter().flatten() {
+                let mut options = m["options"].clone();
+                options.as_array_mut().unwrap().push("rbind".into());
+                b.spec["mounts"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(serde_json::json!({
+                        "destination": m["containerPath"], "source": m["hostPath"],
+                        "type": "bind", "options": options,
+                    }));
+            }
+            for d in edits["deviceNodes"].as_array().into_iter().flatten() {
+                let host = d["hostPath"].as_str().or(d["path"].as_str()).unwrap();
+                let meta = std::fs::metadata(host).unwrap();
+                assert!(meta.file_type().is_char_device(), "{host}");
+                let (major, minor) = (libc::major(meta.rdev()), libc::minor(meta.rdev()));
+                b.spec["linux"]["devices"]
+                    .as_array_mut()
+                    .map(|a| a.push(serde_json::json!({"path": d["path"], "type": "c", "major": major, "minor": minor})))
+                    .unwrap_or_else(|| {
+                        b.spec["linux"]["devices"] = serde_json::json!([{"path": d["path"], "type": "c", "major": major, "minor": minor}]);
+                    });
+                b.spec["linux"]["resources"]["devices"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(serde_json::json!({"allow": true, "type": "c", "major": major, "minor": minor, "access": "rwm"}));
+            }
+            for e in edits["env"].as_array().into_iter().flatten() {
+                b.spec["process"]["env"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(e.clone());
+            }
+        }
+        b.write();
+        let o = b.run(Runtime::Runc);
+        assert!(o.status.success(), "{}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let out = run(&generate(&["--soname-mounts"]));
+    assert!(
+        out.contains("cuDriverGetVersion rc=0 version=12020"),
+        "{out}"
+    );
+    assert!(out.contains("nvmlInit_v2 rc=9"), "{out}");
+    let out = run(&generate(&[]));
+    assert!(out.contains("cuda-dlopen-failed"), "{out}");
+}

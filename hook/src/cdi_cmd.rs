@@ -18,7 +18,7 @@ use crate::gather;
 pub const USAGE: &str = "\
 Usage: gres-oci-hook cdi generate [--config PATH] [--vendor NAME] [--class NAME]
                                   [--format json|yaml] [--output FILE]
-                                  [--capabilities LIST] [--hook-path PATH]
+                                  [--capabilities LIST] [--hook-path PATH] [--soname-mounts]
        gres-oci-hook cdi validate FILE
 
 generate  write a CDI spec (cdiVersion 0.5.0) for this node: one device per GPU by NVML
@@ -26,7 +26,10 @@ generate  write a CDI spec (cdiVersion 0.5.0) for this node: one device per GPU 
           files for LIST (default utility,compute) and a createContainer hook that runs
           `gres-oci-hook update-ldcache`. Default kind nvidia.com/gpu, JSON on stdout; a
           FILE is written atomically, as YAML when it ends in .yaml or .yml. --hook-path
-          defaults to this program's own absolute path.
+          defaults to this program's own absolute path. --soname-mounts also mounts each
+          library at its soname links' paths, for engines that skip CDI hooks (Apptainer):
+          the loader then finds libcuda.so.1 in the library dir without the hook's links
+          and cache; engines that run the hook are unaffected.
 validate  check FILE (JSON or YAML) against the CDI schema of the cdiVersion it declares.
 
 Specs are read by podman from /etc/cdi and /var/run/cdi; podman 4.x reads cdiVersion up to
@@ -121,7 +124,7 @@ pub fn run(global_config: Option<&Path>, rest: &[String]) -> Result<()> {
                     "capabilities",
                     "hook-path",
                 ],
-                &["help", "h"],
+                &["help", "h", "soname-mounts"],
             )?;
             if f.has("help") || f.has("h") {
                 print!("{USAGE}");
@@ -199,6 +202,7 @@ fn generate(global_config: Option<&Path>, f: &Flags) -> Result<()> {
         },
         mig_minors,
         cuda_compat_host: compat.then(|| inv.driver_version.clone()),
+        soname_mounts: f.has("soname-mounts"),
     };
     let spec = cdi::generate(&inv, &driver, &devices, &opts)?;
     let text = if format == "yaml" {
