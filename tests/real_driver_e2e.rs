@@ -329,6 +329,20 @@ fn cuda_forward_compat_follows_nvidias_rule() {
         compat_lib(&at(r), "575.57.08", Some("535"))
     });
     assert!(host(&l), "disabled: {l:#?}");
+    // Not a regular file: a FIFO (opening it for reading would block) and a device node.
+    for kind in ["p", "c"] {
+        let l = run_with(&node, &cfg, Runtime::Runc, |r| {
+            std::fs::create_dir_all(at(r)).unwrap();
+            let mut mknod = Command::new("mknod");
+            mknod.arg(at(r).join("libcuda.so.575.57.08")).arg(kind);
+            if kind == "c" {
+                mknod.args(["1", "3"]);
+            }
+            let o = mknod.output().unwrap();
+            assert!(o.status.success(), "mknod: {}", text(&o));
+        });
+        assert!(host(&l), "{kind}: {l:#?}");
+    }
     // A compat dir linking to a host directory that holds a usable compat library.
     let outside = tempfile::tempdir().unwrap();
     compat_lib(outside.path(), "575.57.08", Some("535"));

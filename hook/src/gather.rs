@@ -112,8 +112,9 @@ fn layout(rootfs: &Path) -> Layout {
 
 /// The image's CUDA forward-compat libraries (`/usr/local/cuda/compat`), when NVIDIA's rule
 /// says to put them first for a host driver `host_driver`. Read inside the rootfs without
-/// following links out of it or onto other mounts; only regular files are opened (never
-/// blocking), and only their ELF headers and the note are read. Anything odd: not used.
+/// following links out of it or onto other mounts; only a regular file is opened for reading
+/// (checked through an `O_PATH` descriptor first), and only its ELF headers and note are read.
+/// Anything odd: not used.
 pub fn cuda_compat(rootfs: &Path, host_driver: &str) -> Option<CompatLibs> {
     let how = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_XDEV;
     let root = rustix::fs::open(
@@ -148,18 +149,31 @@ pub fn cuda_compat(rootfs: &Path, host_driver: &str) -> Option<CompatLibs> {
         return None;
     };
     let version = cudacompat::libcuda_version(lib)?.to_owned();
-    let fd = rustix::fs::openat2(
+    // O_PATH first: opening an image's device node or FIFO for reading could have effects on
+    // the host (a watchdog, a tape) or block; only a regular file is then opened for reading.
+    let path_fd = rustix::fs::openat2(
         &dir,
         lib.as_str(),
-        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+        OFlags::PATH | OFlags::CLOEXEC,
         Mode::empty(),
         how,
     )
     .ok()?;
-    let file = std::fs::File::from(fd);
-    if !file.metadata().ok()?.is_file() {
+    let st = rustix::fs::fstat(&path_fd).ok()?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
         return None;
     }
+    let fd = rustix::fs::openat(
+        rustix::fs::CWD,
+        format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&path_fd)
+        ),
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let file = std::fs::File::from(fd);
     let note = gres_oci::elf::note_section(&file, cudacompat::NOTE_SECTION)
         .and_then(|s| cudacompat::parse_note(&s));
     if !cudacompat::use_compat(&version, note.as_ref(), host_driver) {
