@@ -40,15 +40,22 @@ pub fn parse_note(section: &[u8]) -> Option<CompatNote> {
     let desc_start = 12 + namesz.checked_add(3)? / 4 * 4;
     let desc = section.get(desc_start..desc_start.checked_add(descsz)?)?;
     let desc = desc.split(|&b| b == 0).next()?;
-    #[derive(serde::Deserialize)]
-    struct Raw {
-        #[serde(rename = "Driver", default)]
-        driver: Vec<u64>,
-    }
-    let raw: Raw = serde_json::from_slice(desc).ok()?;
-    Some(CompatNote {
-        driver_majors: raw.driver,
-    })
+    // NVIDIA's libraries write `"driver"`; its hook matches keys ignoring case (Go's JSON), so
+    // this does too.
+    let json: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(desc).ok()?;
+    let driver = json
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("driver"))
+        .map(|(_, v)| v);
+    let driver_majors = match driver {
+        None => Vec::new(),
+        Some(v) => v
+            .as_array()?
+            .iter()
+            .map(serde_json::Value::as_u64)
+            .collect::<Option<Vec<u64>>>()?,
+    };
+    Some(CompatNote { driver_majors })
 }
 
 /// A dotted version as numbers (`535.261.03` → `[535, 261, 3]`); `None` if any part is not a
