@@ -130,6 +130,20 @@ mod tests {
                 driver_majors: vec![535, 550, 570]
             })
         );
+        // As NVIDIA's compat libraries write it: lower-case keys.
+        assert_eq!(
+            parse_note(&note(
+                "NVIDIA Corporation",
+                r#"{"format": 1, "CUDA version": "12.9", "driver": [535], "device": []}"#
+            )),
+            Some(CompatNote {
+                driver_majors: vec![535]
+            })
+        );
+        assert_eq!(
+            parse_note(&note("NVIDIA Corporation", r#"{"driver": ["x"]}"#)),
+            None
+        );
         assert_eq!(
             parse_note(&note("Someone Else", r#"{"Driver":[535]}"#)),
             None

@@ -221,7 +221,7 @@ fn compat_lib(dir: &Path, version: &str, majors: Option<&str>) {
     let note = majors
         .map(|m| {
             let desc = format!(
-                r#"{{"Format": 1, "CUDA Version": "12.9", "Driver": [{m}], "Device": []}}"#
+                r#"{{"format": 1, "CUDA version": "12.9", "driver": [{m}], "device": []}}"#
             );
             format!(
                 r#"struct note {{ unsigned namesz, descsz, type; char name[20]; char desc[{n}]; }};
