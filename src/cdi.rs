@@ -117,6 +117,9 @@ pub struct CdiOptions {
     pub ldconfig: Option<PathBuf>,
     /// `/proc/driver/nvidia-caps/mig-minors`, for MIG devices.
     pub mig_minors: BTreeMap<String, u32>,
+    /// A spec without hooks, for engines that apply only env, mounts and device nodes
+    /// (Apptainer's `--device`): see [`hookless_edits`].
+    pub no_hooks: bool,
 }
 
 impl Default for CdiOptions {
@@ -132,6 +135,7 @@ impl Default for CdiOptions {
             hook_path: PathBuf::from("/usr/bin/gres-oci-hook"),
             ldconfig: Some(PathBuf::from("/sbin/ldconfig")),
             mig_minors: BTreeMap::new(),
+            no_hooks: false,
         }
     }
 }
@@ -293,6 +297,9 @@ pub fn generate(
             options: owned(IPC_OPTIONS),
         });
     }
+    if opts.no_hooks {
+        hookless_edits(&mut common, driver, &opts.driver_root)?;
+    }
     common
         .mounts
         .sort_by(|a, b| a.container_path.cmp(&b.container_path));
@@ -300,7 +307,9 @@ pub fn generate(
         .mounts
         .dedup_by(|a, b| a.container_path == b.container_path);
 
-    if !links.is_empty() || (opts.ldconfig.is_some() && !lib_dirs.is_empty()) {
+    // Without hooks, hookless_edits did the hook's work.
+    let hook_work = !links.is_empty() || (opts.ldconfig.is_some() && !lib_dirs.is_empty());
+    if !opts.no_hooks && hook_work {
         if !opts.hook_path.is_absolute() {
             return Err(CdiError::RelativeHook(opts.hook_path.clone()));
         }
@@ -332,6 +341,48 @@ pub fn generate(
     };
     validate(&to_value(&spec)?)?;
     Ok(spec)
+}
+
+/// What the `update-ldcache` hook does, as edits an engine that runs no hook still applies:
+/// each library's links (`libcuda.so.1`, `libcuda.so`) become more read-only mounts of the
+/// same host file, so the loader finds a library by its SONAME without a linker cache, and
+/// `LD_LIBRARY_PATH` names the library directories, so it looks there whatever the image's
+/// own layout (a Debian image's loader does not search `/usr/lib64`).
+///
+/// The variable is container environment like any other in the spec: it replaces the image's
+/// own `LD_LIBRARY_PATH`, names only root-owned directories the spec mounts read-only, and
+/// reaches no host process (the spec has no hook; a site's own hooks get their entry's `env`).
+fn hookless_edits(
+    common: &mut ContainerEdits,
+    driver: &DriverFiles,
+    root: &Path,
+) -> Result<(), CdiError> {
+    let owned = |o: &[&str]| o.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    // Native directories first: a 32-bit program skips the 64-bit ones and the reverse.
+    let mut dirs: Vec<(bool, String)> = Vec::new();
+    for lib in &driver.libraries {
+        let target = in_root(&lib.host_path, root)?;
+        let dir = Path::new(&target).parent().unwrap_or(Path::new("/"));
+        for l in &lib.links {
+            common.mounts.push(Mount {
+                host_path: utf8(&lib.host_path)?,
+                container_path: utf8(&dir.join(l))?,
+                options: owned(FILE_OPTIONS),
+            });
+        }
+        let d = (lib.compat32, utf8(dir)?);
+        if !dirs.contains(&d) {
+            dirs.push(d);
+        }
+    }
+    dirs.sort();
+    if !dirs.is_empty() {
+        let joined: Vec<_> = dirs.into_iter().map(|(_, d)| d).collect();
+        common
+            .env
+            .push(format!("LD_LIBRARY_PATH={}", joined.join(":")));
+    }
+    Ok(())
 }
 
 fn to_value(spec: &Spec) -> Result<Value, CdiError> {
@@ -1098,6 +1149,64 @@ mod tests {
         assert!(!spec.container_edits.hooks[0]
             .args
             .contains(&"--folder".to_owned()));
+    }
+
+    /// Without hooks the links become mounts of the library itself and `LD_LIBRARY_PATH`
+    /// names the library directory; the device entries do not change.
+    #[test]
+    fn hookless_spec_prelinks_names_and_sets_the_search_path() {
+        let (inv, mut driver, devices, opts) = inputs();
+        driver.libraries.push(Library {
+            host_path: "/drv/usr/lib/i386-linux-gnu/libcuda.so.550.54.15".into(),
+            file_name: "libcuda.so.550.54.15".into(),
+            links: ["libcuda.so.1".to_owned()].into_iter().collect(),
+            soname: Some("libcuda.so.1".into()),
+            compat32: true,
+        });
+        let with = generate(&inv, &driver, &devices, &opts).unwrap();
+        let without = generate(
+            &inv,
+            &driver,
+            &devices,
+            &CdiOptions {
+                no_hooks: true,
+                ..opts.clone()
+            },
+        )
+        .unwrap();
+        assert!(without.container_edits.hooks.is_empty());
+        assert_eq!(with.devices, without.devices);
+        assert_eq!(
+            without.container_edits.env,
+            [
+                "NVIDIA_VISIBLE_DEVICES=void",
+                "LD_LIBRARY_PATH=/usr/lib/x86_64-linux-gnu:/usr/lib/i386-linux-gnu"
+            ]
+        );
+        let libs: Vec<_> = without
+            .container_edits
+            .mounts
+            .iter()
+            .filter(|m| m.container_path.contains("libcuda"))
+            .map(|m| format!("{} <- {}", m.container_path, m.host_path))
+            .collect();
+        assert_eq!(
+            libs,
+            [
+                "/usr/lib/i386-linux-gnu/libcuda.so.1 <- /drv/usr/lib/i386-linux-gnu/libcuda.so.550.54.15",
+                "/usr/lib/i386-linux-gnu/libcuda.so.550.54.15 <- /drv/usr/lib/i386-linux-gnu/libcuda.so.550.54.15",
+                "/usr/lib/x86_64-linux-gnu/libcuda.so <- /drv/usr/lib/x86_64-linux-gnu/libcuda.so.550.54.15",
+                "/usr/lib/x86_64-linux-gnu/libcuda.so.1 <- /drv/usr/lib/x86_64-linux-gnu/libcuda.so.550.54.15",
+                "/usr/lib/x86_64-linux-gnu/libcuda.so.550.54.15 <- /drv/usr/lib/x86_64-linux-gnu/libcuda.so.550.54.15",
+            ]
+        );
+        assert!(without
+            .container_edits
+            .mounts
+            .iter()
+            .all(|m| m.options == FILE_OPTIONS || m.options == IPC_OPTIONS));
+        // The hook-running spec keeps the image's own LD_LIBRARY_PATH.
+        assert_eq!(with.container_edits.env, ["NVIDIA_VISIBLE_DEVICES=void"]);
     }
 
     #[test]

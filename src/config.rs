@@ -78,6 +78,9 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// What a container outside any Slurm step may have.
     pub outside_slurm: OutsideSlurm,
+    /// Show the container only its own GPUs under `/proc/driver/nvidia`, with
+    /// `ModifyDeviceFiles: 0` (`mask-proc-driver`, default on).
+    pub mask_proc_driver: bool,
     /// Keys of NVIDIA's format that are accepted and have no effect here.
     pub ignored_keys: Vec<String>,
 }
@@ -104,6 +107,7 @@ impl Default for Config {
                 .collect(),
             state_dir: PathBuf::from("/run/gres-oci"),
             outside_slurm: OutsideSlurm::Auto,
+            mask_proc_driver: true,
             ignored_keys: Vec::new(),
         }
     }
@@ -146,6 +150,7 @@ struct RawOurs {
     binary_search_dirs: Option<Vec<PathBuf>>,
     state_dir: Option<PathBuf>,
     outside_slurm: Option<OutsideSlurm>,
+    mask_proc_driver: Option<bool>,
 }
 
 impl Config {
@@ -225,6 +230,9 @@ impl Config {
         abs!(state_dir, "gres-oci.state-dir");
         if let Some(p) = ours.outside_slurm {
             c.outside_slurm = p;
+        }
+        if let Some(m) = ours.mask_proc_driver {
+            c.mask_proc_driver = m;
         }
         if let Some(p) = ours.nvml_library {
             c.nvml_library = Some(absolute(p).map_err(|m| invalid("gres-oci.nvml-library", m))?);
@@ -416,9 +424,11 @@ log-level = "debug"
 library-search-dirs = ["/opt/nvidia/lib"]
 state-dir = "/tmp/x/state"
 outside-slurm = "deny"
+mask-proc-driver = false
 "#,
         )
         .unwrap();
+        assert!(!c.mask_proc_driver);
         assert_eq!(c.dev_root, PathBuf::from("/tmp/x/dev"));
         assert_eq!(c.proc_root, PathBuf::from("/tmp/x/proc"));
         assert_eq!(c.gres_conf, PathBuf::from("/tmp/x/gres.conf"));

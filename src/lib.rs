@@ -12,6 +12,7 @@ pub mod gres;
 pub mod inventory;
 pub mod ldcache;
 pub mod plan;
+pub mod proc_mask;
 pub mod request;
 pub mod selection;
 

@@ -134,6 +134,10 @@ pub struct Plan {
     pub symlinks: Vec<Symlink>,
     pub cgroup_rules: Vec<CgroupRule>,
     pub ldcache: Option<LdcacheUpdate>,
+    /// The container's `/proc/driver/nvidia` (`mask-proc-driver`); `None` when off or when
+    /// the host has no such directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proc_mask: Option<crate::proc_mask::ProcMask>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -150,6 +154,8 @@ pub enum PlanError {
     OutsideSlurm { why: String },
     #[error("MIG device {uuid}: no {cap} in the driver's mig-minors list")]
     MissingMigCap { uuid: String, cap: String },
+    #[error(transparent)]
+    ProcMask(#[from] crate::proc_mask::MaskError),
 }
 
 /// What the container may have, learned from something it cannot forge.
@@ -176,6 +182,8 @@ pub struct Inputs<'a> {
     pub mig_minors: &'a BTreeMap<String, u32>,
     pub allocation: Allocation<'a>,
     pub config: &'a Config,
+    /// The host's `<proc-root>/driver/nvidia`, read when `mask-proc-driver` is on.
+    pub proc_driver: Option<&'a crate::proc_mask::HostProcDriver>,
 }
 
 /// Builds the plan: selects GPUs, checks requirements, and lays out nodes, mounts, links,
@@ -338,6 +346,14 @@ pub fn plan(i: &Inputs) -> Result<Plan, PlanError> {
         }),
         _ => None,
     };
+    let proc_mask = match i.proc_driver {
+        Some(host) if i.config.mask_proc_driver => Some(crate::proc_mask::mask(
+            host,
+            &gpus.iter().map(|g| (*g).clone()).collect::<Vec<_>>(),
+            &migs,
+        )?),
+        _ => None,
+    };
     Ok(Plan {
         container_id: i.container_id.to_owned(),
         rootfs: i.rootfs.to_owned(),
@@ -351,6 +367,7 @@ pub fn plan(i: &Inputs) -> Result<Plan, PlanError> {
         symlinks,
         cgroup_rules,
         ldcache,
+        proc_mask,
     })
 }
 
@@ -410,6 +427,9 @@ pub enum Op {
     },
     /// Create a link unless the image already has something at `path`.
     Symlink { path: PathBuf, target: PathBuf },
+    /// Mount a tmpfs over the container's `/proc/driver/nvidia` holding the plan's copies and
+    /// read-only binds, then make it read-only.
+    MaskProcDriver(crate::proc_mask::ProcMask),
     /// Update the linker cache: in-process from `entries` where the image's cache allows,
     /// else by running the host's `ldconfig` over `dirs`.
     Ldconfig {
@@ -428,6 +448,9 @@ pub fn ops(plan: &Plan, source_is_dir: impl Fn(&Path) -> bool) -> Vec<Op> {
             source: d.host_path.clone(),
             target: d.path.clone(),
         });
+    }
+    if let Some(m) = &plan.proc_mask {
+        v.push(Op::MaskProcDriver(m.clone()));
     }
     for m in &plan.mounts {
         let (source, target, kind) = (m.source.clone(), m.target.clone(), m.kind);
@@ -604,6 +627,7 @@ mod tests {
             mig_minors: &mig_minors(),
             allocation,
             config,
+            proc_driver: None,
         })
     }
 
@@ -929,6 +953,7 @@ mod tests {
             mig_minors: &BTreeMap::new(),
             allocation: Allocation::Unrestricted,
             config: &c,
+            proc_driver: None,
         })
         .unwrap_err()
         .to_string();

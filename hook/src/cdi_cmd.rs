@@ -19,6 +19,7 @@ pub const USAGE: &str = "\
 Usage: gres-oci-hook cdi generate [--config PATH] [--vendor NAME] [--class NAME]
                                   [--format json|yaml] [--output FILE]
                                   [--capabilities LIST] [--hook-path PATH]
+                                  [--disable-hook all]
        gres-oci-hook cdi validate FILE
 
 generate  write a CDI spec (cdiVersion 0.5.0) for this node: one device per GPU by NVML
@@ -26,7 +27,10 @@ generate  write a CDI spec (cdiVersion 0.5.0) for this node: one device per GPU 
           files for LIST (default utility,compute) and a createContainer hook that runs
           `gres-oci-hook update-ldcache`. Default kind nvidia.com/gpu, JSON on stdout; a
           FILE is written atomically, as YAML when it ends in .yaml or .yml. --hook-path
-          defaults to this program's own absolute path.
+          defaults to this program's own absolute path. --disable-hook all (or
+          update-ldcache, the one hook) writes a spec without hooks for engines that
+          apply only env, mounts and device nodes (Apptainer's --device): the soname
+          links become mounts and LD_LIBRARY_PATH names the driver's library dirs.
 validate  check FILE (JSON or YAML) against the CDI schema of the cdiVersion it declares.
 
 Specs are read by podman from /etc/cdi and /var/run/cdi; podman 4.x reads cdiVersion up to
@@ -120,6 +124,7 @@ pub fn run(global_config: Option<&Path>, rest: &[String]) -> Result<()> {
                     "output",
                     "capabilities",
                     "hook-path",
+                    "disable-hook",
                 ],
                 &["help", "h"],
             )?;
@@ -174,6 +179,14 @@ fn generate(global_config: Option<&Path>, f: &Flags) -> Result<()> {
         bail!("--hook-path {}: must be absolute", hook_path.display());
     }
 
+    let mut no_hooks = false;
+    for h in f.all("disable-hook") {
+        match h.as_str() {
+            "all" | "update-ldcache" => no_hooks = true,
+            other => bail!("--disable-hook {other:?}: the spec's hooks are all and update-ldcache"),
+        }
+    }
+
     let cache = gather::driver_cache(&config)?;
     let inv = gather::inventory(&config, &cache, None)?;
     let driver = DriverRoot::new(&config, &cache, &inv.driver_version).discover(&capabilities);
@@ -196,6 +209,7 @@ fn generate(global_config: Option<&Path>, f: &Flags) -> Result<()> {
             Ldconfig::Disabled => None,
         },
         mig_minors,
+        no_hooks,
     };
     let spec = cdi::generate(&inv, &driver, &devices, &opts)?;
     let text = if format == "yaml" {
