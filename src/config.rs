@@ -82,6 +82,9 @@ pub struct Config {
     pub fabric_devices: Vec<crate::fabric::Fabric>,
     /// Whether an image's CUDA forward-compat libraries come first when NVIDIA's rule says so.
     pub cuda_compat: CudaCompatMode,
+    /// Show the container only its own GPUs under `/proc/driver/nvidia`, with
+    /// `ModifyDeviceFiles: 0` (`mask-proc-driver`, default on).
+    pub mask_proc_driver: bool,
     /// Keys of NVIDIA's format that are accepted and have no effect here.
     pub ignored_keys: Vec<String>,
 }
@@ -119,6 +122,7 @@ impl Default for Config {
             outside_slurm: OutsideSlurm::Auto,
             fabric_devices: Vec::new(),
             cuda_compat: CudaCompatMode::Ldconfig,
+            mask_proc_driver: true,
             ignored_keys: Vec::new(),
         }
     }
@@ -163,6 +167,7 @@ struct RawOurs {
     outside_slurm: Option<OutsideSlurm>,
     fabric_devices: Option<Vec<crate::fabric::Fabric>>,
     cuda_compat_mode: Option<CudaCompatMode>,
+    mask_proc_driver: Option<bool>,
 }
 
 impl Config {
@@ -248,6 +253,9 @@ impl Config {
         }
         if let Some(m) = ours.cuda_compat_mode {
             c.cuda_compat = m;
+        }
+        if let Some(m) = ours.mask_proc_driver {
+            c.mask_proc_driver = m;
         }
         if let Some(p) = ours.nvml_library {
             c.nvml_library = Some(absolute(p).map_err(|m| invalid("gres-oci.nvml-library", m))?);
@@ -441,9 +449,11 @@ state-dir = "/tmp/x/state"
 outside-slurm = "deny"
 fabric-devices = ["mofed", "gdrcopy"]
 cuda-compat-mode = "disabled"
+mask-proc-driver = false
 "#,
         )
         .unwrap();
+        assert!(!c.mask_proc_driver);
         assert_eq!(
             c.fabric_devices,
             [crate::fabric::Fabric::Mofed, crate::fabric::Fabric::Gdrcopy]

@@ -15,6 +15,7 @@ pub mod imex;
 pub mod inventory;
 pub mod ldcache;
 pub mod plan;
+pub mod proc_mask;
 pub mod request;
 pub mod selection;
 

@@ -137,6 +137,10 @@ pub struct Plan {
     /// The image's CUDA forward-compat libcuda version, when its libraries come first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cuda_compat: Option<String>,
+    /// The container's `/proc/driver/nvidia` (`mask-proc-driver`); `None` when off or when
+    /// the host has no such directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proc_mask: Option<crate::proc_mask::ProcMask>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +159,8 @@ pub enum PlanError {
     OutsideSlurm { why: String },
     #[error("MIG device {uuid}: no {cap} in the driver's mig-minors list")]
     MissingMigCap { uuid: String, cap: String },
+    #[error(transparent)]
+    ProcMask(#[from] crate::proc_mask::MaskError),
 }
 
 /// What the container may have, learned from something it cannot forge.
@@ -187,6 +193,8 @@ pub struct Inputs<'a> {
     /// The image's CUDA forward-compat libraries, when NVIDIA's rule says to use them.
     pub cuda_compat: Option<&'a crate::cudacompat::CompatLibs>,
     pub config: &'a Config,
+    /// The host's `<proc-root>/driver/nvidia`, read when `mask-proc-driver` is on.
+    pub proc_driver: Option<&'a crate::proc_mask::HostProcDriver>,
 }
 
 /// Builds the plan: selects GPUs, checks requirements, and lays out nodes, mounts, links,
@@ -394,6 +402,14 @@ pub fn plan(i: &Inputs) -> Result<Plan, PlanError> {
         }),
         _ => None,
     };
+    let proc_mask = match i.proc_driver {
+        Some(host) if i.config.mask_proc_driver => Some(crate::proc_mask::mask(
+            host,
+            &gpus.iter().map(|g| (*g).clone()).collect::<Vec<_>>(),
+            &migs,
+        )?),
+        _ => None,
+    };
     Ok(Plan {
         container_id: i.container_id.to_owned(),
         rootfs: i.rootfs.to_owned(),
@@ -408,6 +424,7 @@ pub fn plan(i: &Inputs) -> Result<Plan, PlanError> {
         cgroup_rules,
         cuda_compat: ldcache.as_ref().and(cuda_compat),
         ldcache,
+        proc_mask,
     })
 }
 
@@ -489,6 +506,9 @@ pub enum Op {
     },
     /// Create a link unless the image already has something at `path`.
     Symlink { path: PathBuf, target: PathBuf },
+    /// Mount a tmpfs over the container's `/proc/driver/nvidia` holding the plan's copies and
+    /// read-only binds, then make it read-only.
+    MaskProcDriver(crate::proc_mask::ProcMask),
     /// Update the linker cache: in-process from `entries` where the image's cache allows,
     /// else by running the host's `ldconfig` over `dirs`.
     Ldconfig {
@@ -507,6 +527,9 @@ pub fn ops(plan: &Plan, source_is_dir: impl Fn(&Path) -> bool) -> Vec<Op> {
             source: d.host_path.clone(),
             target: d.path.clone(),
         });
+    }
+    if let Some(m) = &plan.proc_mask {
+        v.push(Op::MaskProcDriver(m.clone()));
     }
     for m in &plan.mounts {
         let (source, target, kind) = (m.source.clone(), m.target.clone(), m.kind);
@@ -738,6 +761,7 @@ mod tests {
             imex_allowed: None,
             cuda_compat,
             config,
+            proc_driver: None,
         })
     }
 
@@ -1275,6 +1299,7 @@ mod tests {
             imex_allowed: None,
             cuda_compat: None,
             config: &c,
+            proc_driver: None,
         })
         .unwrap_err()
         .to_string();

@@ -17,6 +17,7 @@ use std::path::{Component, Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use gres_oci::ldcache::{compat32_arch, native_arch, updated_cache, MAX_CACHE_SIZE};
 use gres_oci::plan::{CacheEntry, MountKind, Op};
+use gres_oci::proc_mask::ProcMask;
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, StatxFlags, CWD};
 use rustix::io::Errno;
 use rustix::mount::{MoveMountFlags, OpenTreeFlags};
@@ -60,6 +61,8 @@ pub trait Sys {
     /// else by running `ldconfig` over `dirs`; always `ldconfig` when `entries` is empty).
     fn ldconfig(&mut self, ldconfig: &Path, dirs: &[PathBuf], entries: &[CacheEntry])
         -> Result<()>;
+    /// Puts the masked `/proc/driver/nvidia` in place (see [`crate::proc_mask`]).
+    fn mask_proc_driver(&mut self, mask: &ProcMask) -> Result<()>;
 }
 
 /// Runs `ops` in order; stops at the first error.
@@ -88,6 +91,7 @@ pub fn execute(ops: &[Op], sys: &mut dyn Sys) -> Result<()> {
                 dirs,
                 entries,
             } => sys.ldconfig(ldconfig, dirs, entries),
+            Op::MaskProcDriver(mask) => sys.mask_proc_driver(mask),
         }?;
     }
     Ok(())
@@ -189,9 +193,9 @@ pub fn mount_refusal(area: Area, mount: &MountEntry, root_mnt: u64) -> Option<St
 /// The real thing. Build it after entering the container's mount namespace.
 pub struct RealSys {
     rootfs: PathBuf,
-    root: OwnedFd,
+    pub(crate) root: OwnedFd,
     /// The mount id of the rootfs: every path but those under `/dev` must be on it.
-    root_mnt: u64,
+    pub(crate) root_mnt: u64,
     /// The container's `/dev`, once checked to be the runtime's tmpfs or part of the rootfs.
     dev: std::cell::OnceCell<std::result::Result<OwnedFd, Refused>>,
     /// Opened on the host before entering the namespace, so the image cannot substitute it.
@@ -567,7 +571,7 @@ enum OpenError {
 }
 
 /// The mount id of the object behind `fd` (statx `STATX_MNT_ID`, Linux 5.8).
-fn mount_id(fd: BorrowedFd) -> Result<u64> {
+pub(crate) fn mount_id(fd: BorrowedFd) -> Result<u64> {
     let st = rustix::fs::statx(fd, "", AtFlags::EMPTY_PATH, StatxFlags::MNT_ID)?;
     if !StatxFlags::from_bits_retain(st.stx_mask).contains(StatxFlags::MNT_ID) {
         bail!("the kernel reports no mount id (statx needs Linux 5.8)");
@@ -577,7 +581,7 @@ fn mount_id(fd: BorrowedFd) -> Result<u64> {
 
 /// `mount_setattr(2)` on a detached tree: set `attrs` and make it private, so nothing mounted
 /// into the container propagates anywhere else. rustix does not wrap this call.
-fn mount_setattr(fd: BorrowedFd, attrs: Attrs) -> std::io::Result<()> {
+pub(crate) fn mount_setattr(fd: BorrowedFd, attrs: Attrs) -> std::io::Result<()> {
     #[repr(C)]
     struct MountAttr {
         attr_set: u64,
@@ -684,6 +688,10 @@ impl Sys for RealSys {
         let _ = rustix::fs::unlinkat(dev, ".gres-oci-ld.so.cache", AtFlags::empty());
         Ok(())
     }
+
+    fn mask_proc_driver(&mut self, mask: &ProcMask) -> Result<()> {
+        crate::proc_mask::apply(self, mask)
+    }
 }
 
 /// A C string from a path-ish value; NUL bytes cannot occur in paths that came from the
@@ -728,6 +736,15 @@ mod tests {
             ));
             bail!("boom")
         }
+        fn mask_proc_driver(&mut self, mask: &ProcMask) -> Result<()> {
+            self.0.push(format!(
+                "mask {} {} files {} binds",
+                mask.target.display(),
+                mask.files.len(),
+                mask.binds.len()
+            ));
+            Ok(())
+        }
     }
 
     #[test]
@@ -737,6 +754,12 @@ mod tests {
                 source: "/h/nvidia0".into(),
                 target: "/dev/nvidia0".into(),
             },
+            Op::MaskProcDriver(ProcMask {
+                target: "/proc/driver/nvidia".into(),
+                files: vec![],
+                binds: vec![],
+                missing: vec![],
+            }),
             Op::BindFile {
                 source: "/d/libcuda.so.1.2".into(),
                 target: "/usr/lib64/libcuda.so.1.2".into(),
@@ -768,6 +791,7 @@ mod tests {
             r.0,
             vec![
                 "bind Device /h/nvidia0 /dev/nvidia0 0xb",
+                "mask /proc/driver/nvidia 0 files 0 binds",
                 "bind File /d/libcuda.so.1.2 /usr/lib64/libcuda.so.1.2 0x7",
                 "bind Dir /d/mps /tmp/nvidia-mps 0xe",
                 "link /usr/lib64/libcuda.so.1 libcuda.so.1.2",

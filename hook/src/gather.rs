@@ -13,6 +13,7 @@ use gres_oci::fabric::Fabric;
 use gres_oci::inventory::{read_mig_minors, read_nvml, read_procfs, scan_dev_root, Inventory};
 use gres_oci::ldcache::{native_arch, LdCache};
 use gres_oci::plan::{plan, Allocation, Inputs, Layout, Plan};
+use gres_oci::proc_mask::{HostFile, HostProcDriver};
 use gres_oci::request::{env_map, Devices, PhysicalId, Request, GPUS_VAR};
 use gres_oci::selection::{Capability, DeviceRequest};
 use rustix::fs::{Mode, OFlags, ResolveFlags};
@@ -341,6 +342,11 @@ pub fn build_plan(
         Some(_) => gres_oci::imex::read_major(&config.proc_root)?,
         None => None,
     };
+    let proc_driver = if config.mask_proc_driver {
+        read_proc_driver(&config.proc_root)?
+    } else {
+        None
+    };
     let allowed: Vec<PhysicalId>;
     let (allocation, step) = match &standing {
         Standing::NoContainer | Standing::Outside(None) => (Allocation::Unrestricted, None),
@@ -379,10 +385,82 @@ pub fn build_plan(
         },
         cuda_compat: compat.as_ref(),
         config,
+        proc_driver: proc_driver.as_ref(),
     })
     .map_err(|e| match step {
         Some(s) => anyhow::Error::from(e).context(s.to_string()),
         None => e.into(),
     })?;
     Ok(Some(p))
+}
+
+/// The host's `<proc-root>/driver/nvidia` as the masking needs it; `None` when the directory
+/// does not exist (no driver loaded: nothing to mask).
+///
+/// # Errors
+/// The directory exists but cannot be read.
+pub fn read_proc_driver(proc_root: &Path) -> Result<Option<HostProcDriver>> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = proc_root.join("driver/nvidia");
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    let mut host = HostProcDriver {
+        dir: dir.clone(),
+        ..Default::default()
+    };
+    for name in gres_oci::proc_mask::COPIED {
+        let p = dir.join(name);
+        match std::fs::read(&p) {
+            Ok(bytes) => {
+                let mode = std::fs::metadata(&p)
+                    .with_context(|| format!("{}: cannot stat", p.display()))?
+                    .permissions()
+                    .mode();
+                host.files.insert(
+                    name.to_owned(),
+                    HostFile {
+                        contents: String::from_utf8_lossy(&bytes).into_owned(),
+                        mode,
+                    },
+                );
+            }
+            // NVIDIA skips a missing one with a warning.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::debug!(file = %p.display(), "not found; not shown in the container")
+            }
+            Err(e) => return Err(e).with_context(|| format!("{}: cannot read", p.display())),
+        }
+    }
+    if let Ok(rd) = std::fs::read_dir(dir.join("gpus")) {
+        for e in rd.flatten() {
+            if let Some(n) = e.file_name().to_str() {
+                host.gpu_dirs.insert(n.to_owned());
+            }
+        }
+    }
+    // capabilities/gpuN/mig/giG/access and …/giG/ciC/access: a few levels, never followed
+    // through links.
+    fn walk(base: &Path, rel: &Path, depth: u32, out: &mut std::collections::BTreeSet<PathBuf>) {
+        let Ok(rd) = std::fs::read_dir(base.join(rel)) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let r = rel.join(e.file_name());
+            match e.file_type() {
+                Ok(t) if t.is_dir() && depth < 6 => walk(base, &r, depth + 1, out),
+                Ok(t) if t.is_file() => {
+                    out.insert(r);
+                }
+                _ => {}
+            }
+        }
+    }
+    walk(
+        &dir,
+        Path::new("capabilities"),
+        0,
+        &mut host.capability_files,
+    );
+    Ok(Some(host))
 }

@@ -6,6 +6,7 @@ mod cdi_cmd;
 mod cgroup;
 mod gather;
 mod ns;
+mod proc_mask;
 mod state;
 mod update_ldcache;
 
