@@ -43,6 +43,11 @@ pub struct Record {
     /// nodes slurmstepd made in the step's own `/dev/nvidia-caps-imex-channels`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub imex_channels: Vec<u32>,
+    /// The network adapters Slurm's gres/nic gave the step on this node (`SLURM_STEP_NICS`
+    /// through gres.conf's `Name=nic` files), as device numbers; recorded where the site
+    /// set `mofed-step-nics`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nics: Vec<crate::plan::DevNum>,
 }
 
 impl Record {
@@ -449,6 +454,8 @@ pub struct Grant {
     pub mps: bool,
     /// The step's IMEX channels (none for the extern step: the job prolog sees none).
     pub imex_channels: Vec<u32>,
+    /// The step's gres/nic adapters (none for the extern step), as device numbers.
+    pub nics: Vec<crate::plan::DevNum>,
 }
 
 /// The GPUs the records vouch for, for a container in `step`. Records whose slurmstepd is not
@@ -489,6 +496,7 @@ pub fn allowed_gpus(
                 task_pid: None,
                 mps: job_record.as_ref().is_some_and(|r| r.mps),
                 imex_channels: Vec::new(),
+                nics: Vec::new(),
             })
             .ok_or_else(no_record);
     }
@@ -521,6 +529,7 @@ pub fn allowed_gpus(
         task_pid: record.task_pid,
         mps: record.mps,
         imex_channels: record.imex_channels.clone(),
+        nics: record.nics.clone(),
     })
 }
 
@@ -1030,6 +1039,7 @@ mod tests {
             gpus: gpus.iter().map(|g| g.to_string()).collect(),
             mps: false,
             imex_channels: Vec::new(),
+            nics: Vec::new(),
         }
     }
 

@@ -80,6 +80,8 @@ pub struct Config {
     pub outside_slurm: OutsideSlurm,
     /// Fabric devices every GPU container gets, as if it set `NVIDIA_<NAME>=enabled`.
     pub fabric_devices: Vec<crate::fabric::Fabric>,
+    /// In a Slurm step, MOFED gives only the step's gres/nic adapters (`mofed-step-nics`).
+    pub mofed_step_nics: bool,
     /// Whether an image's CUDA forward-compat libraries come first when NVIDIA's rule says so.
     pub cuda_compat: CudaCompatMode,
     /// Show the container only its own GPUs under `/proc/driver/nvidia`, with
@@ -121,6 +123,7 @@ impl Default for Config {
             state_dir: PathBuf::from("/run/gres-oci"),
             outside_slurm: OutsideSlurm::Auto,
             fabric_devices: Vec::new(),
+            mofed_step_nics: false,
             cuda_compat: CudaCompatMode::Ldconfig,
             mask_proc_driver: true,
             ignored_keys: Vec::new(),
@@ -166,6 +169,7 @@ struct RawOurs {
     state_dir: Option<PathBuf>,
     outside_slurm: Option<OutsideSlurm>,
     fabric_devices: Option<Vec<crate::fabric::Fabric>>,
+    mofed_step_nics: Option<bool>,
     cuda_compat_mode: Option<CudaCompatMode>,
     mask_proc_driver: Option<bool>,
 }
@@ -250,6 +254,9 @@ impl Config {
         }
         if let Some(f) = ours.fabric_devices {
             c.fabric_devices = f;
+        }
+        if let Some(m) = ours.mofed_step_nics {
+            c.mofed_step_nics = m;
         }
         if let Some(m) = ours.cuda_compat_mode {
             c.cuda_compat = m;
@@ -448,6 +455,7 @@ library-search-dirs = ["/opt/nvidia/lib"]
 state-dir = "/tmp/x/state"
 outside-slurm = "deny"
 fabric-devices = ["mofed", "gdrcopy"]
+mofed-step-nics = true
 cuda-compat-mode = "disabled"
 mask-proc-driver = false
 "#,
@@ -459,6 +467,7 @@ mask-proc-driver = false
             [crate::fabric::Fabric::Mofed, crate::fabric::Fabric::Gdrcopy]
         );
         assert_eq!(c.cuda_compat, CudaCompatMode::Disabled);
+        assert!(c.mofed_step_nics);
         assert_eq!(c.dev_root, PathBuf::from("/tmp/x/dev"));
         assert_eq!(c.proc_root, PathBuf::from("/tmp/x/proc"));
         assert_eq!(c.gres_conf, PathBuf::from("/tmp/x/gres.conf"));

@@ -5,6 +5,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::plan::{DevNum, HostDevices};
+
 /// One kind of fabric device.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
@@ -49,7 +51,7 @@ impl Fabric {
         };
         match self {
             Fabric::Gdrcopy => name == "gdrdrv",
-            Fabric::Mofed => numbered("infiniband/uverbs") || name == "infiniband/rdma_cm",
+            Fabric::Mofed => numbered("infiniband/uverbs") || name == RDMA_CM,
             Fabric::Gds => numbered("nvidia-fs"),
             Fabric::Nvswitch => name == "nvidia-nvswitchctl" || numbered("nvidia-nvswitch"),
         }
@@ -79,6 +81,19 @@ pub fn node_names<'a>(
     out.dedup();
     out
 }
+
+/// Keeps of the MOFED nodes in `names` only the verbs nodes whose device numbers are in
+/// `nics` (a Slurm step's gres/nic adapters), and `rdma_cm` only when one of them is kept:
+/// connection management is of no use without an adapter. Other kinds are left alone.
+pub fn only_step_nics(names: &mut Vec<String>, devices: &HostDevices, nics: &[DevNum]) {
+    let verbs = |n: &str| Fabric::Mofed.takes(n) && n != RDMA_CM;
+    names.retain(|n| !verbs(n) || devices.get(n).is_some_and(|d| nics.contains(d)));
+    if !names.iter().any(|n| verbs(n)) {
+        names.retain(|n| n != RDMA_CM);
+    }
+}
+
+const RDMA_CM: &str = "infiniband/rdma_cm";
 
 #[cfg(test)]
 mod tests {
@@ -142,5 +157,33 @@ mod tests {
             pick(&[Fabric::Nvswitch]),
             ["nvidia-nvswitch3", "nvidia-nvswitchctl"]
         );
+    }
+
+    #[test]
+    fn step_nics_only() {
+        let dn = |major, minor| DevNum { major, minor };
+        let devices: HostDevices = [
+            ("infiniband/uverbs0", dn(231, 192)),
+            ("infiniband/uverbs1", dn(231, 193)),
+            ("infiniband/rdma_cm", dn(10, 58)),
+            ("gdrdrv", dn(500, 0)),
+        ]
+        .into_iter()
+        .map(|(n, d)| (n.to_string(), d))
+        .collect();
+        let all = || -> Vec<String> { devices.keys().cloned().collect() };
+        let mut names = all();
+        only_step_nics(&mut names, &devices, &[dn(231, 193)]);
+        assert_eq!(
+            names,
+            ["gdrdrv", "infiniband/rdma_cm", "infiniband/uverbs1"]
+        );
+        let mut names = all();
+        only_step_nics(&mut names, &devices, &[]);
+        assert_eq!(names, ["gdrdrv"]);
+        // rdma_cm's own number does not stand for an adapter.
+        let mut names = all();
+        only_step_nics(&mut names, &devices, &[dn(10, 58)]);
+        assert_eq!(names, ["gdrdrv"]);
     }
 }

@@ -378,6 +378,53 @@ impl GresConf {
         Ok(out)
     }
 
+    /// The node's network adapters as Slurm's gres/nic numbers them (`Name=nic` lines, all
+    /// files in file order): each file's number is its trailing digits, as slurmd's
+    /// `_init_gres_device` reads it (`/dev/infiniband/uverbs1` is 1); files without them are
+    /// then numbered on from the highest. `SLURM_STEP_NICS` lists these numbers.
+    ///
+    /// # Errors
+    /// A malformed line for this node.
+    pub fn nics_for_node(&self, node: &str) -> Result<Vec<(usize, PathBuf)>, GresError> {
+        if let Some((_, message)) = self.broken.iter().find(|(h, _)| h.contains(node)) {
+            return Err(GresError::BrokenLine {
+                message: message.clone(),
+            });
+        }
+        let is_nic = |r: &&Record| {
+            r.name
+                .as_deref()
+                .is_some_and(|n| n.eq_ignore_ascii_case("nic"))
+                && r.applies_to(node)
+        };
+        let numbered: Vec<(Option<usize>, PathBuf)> = self
+            .records
+            .iter()
+            .filter(is_nic)
+            .flat_map(|r| r.devices.iter().flatten())
+            .map(|(file, _)| {
+                let name = file.to_string_lossy();
+                let head = name.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+                (name[head..].parse::<usize>().ok(), file.clone())
+            })
+            .collect();
+        let mut next = numbered
+            .iter()
+            .filter_map(|(n, _)| *n)
+            .max()
+            .map_or(0, |m| m + 1);
+        Ok(numbered
+            .into_iter()
+            .map(|(n, file)| {
+                let n = n.unwrap_or_else(|| {
+                    next += 1;
+                    next - 1
+                });
+                (n, file)
+            })
+            .collect())
+    }
+
     /// The node's AutoDetect mode: the node-specific one, else the global one, else `None`
     /// (unset). Should node-specific lines conflict, the first wins here; `gpus_for_node`
     /// reports the conflict as an error.
@@ -1011,6 +1058,40 @@ fn parse_group(body: &str, expr: &str) -> Result<Vec<NumRange>, GresError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn nics_numbered_as_slurm_numbers_them() {
+        let c = GresConf::parse(
+            "Name=gpu File=/dev/nvidia0\n\
+             NodeName=n1 Name=nic File=/dev/infiniband/uverbs[2-3]\n\
+             NodeName=n2 Name=nic File=/dev/infiniband/uverbs9\n\
+             Name=nic File=/dev/hfi1_0,/dev/ib\n",
+            Path::new("gres.conf"),
+        )
+        .unwrap();
+        let nics: Vec<(usize, String)> = c
+            .nics_for_node("n1")
+            .unwrap()
+            .into_iter()
+            .map(|(n, f)| (n, f.display().to_string()))
+            .collect();
+        assert_eq!(
+            nics,
+            [
+                (2, "/dev/infiniband/uverbs2".to_string()),
+                (3, "/dev/infiniband/uverbs3".to_string()),
+                (0, "/dev/hfi1_0".to_string()),
+                (4, "/dev/ib".to_string()),
+            ]
+        );
+        assert!(
+            GresConf::parse("Name=gpu File=/dev/nvidia0\n", Path::new("g"))
+                .unwrap()
+                .nics_for_node("n1")
+                .unwrap()
+                .is_empty()
+        );
+    }
+
     #[test]
     fn shipped_examples_parse() {
         // slurm-conf/: the AutoDetect example (the others are rendered by the Slurm tests).

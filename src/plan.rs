@@ -12,7 +12,9 @@ use crate::selection::DeviceRequest;
 use crate::selection::{check_requirements, Capabilities, Capability, Facts, SelectionError};
 
 /// A host character device: its number, read by the caller from `dev-root`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct DevNum {
     pub major: u32,
     pub minor: u32,
@@ -190,6 +192,9 @@ pub struct Inputs<'a> {
     pub imex_major: Option<u32>,
     /// The IMEX channels the Slurm job was given; `None` outside Slurm.
     pub imex_allowed: Option<&'a [u32]>,
+    /// With `mofed-step-nics`, the gres/nic adapters of the container's Slurm step (device
+    /// numbers): MOFED gives only those; `None` outside Slurm or without the key.
+    pub nics_allowed: Option<&'a [DevNum]>,
     /// The image's CUDA forward-compat libraries, when NVIDIA's rule says to use them.
     pub cuda_compat: Option<&'a crate::cudacompat::CompatLibs>,
     pub config: &'a Config,
@@ -241,7 +246,10 @@ pub fn plan(i: &Inputs) -> Result<Plan, PlanError> {
     }
     // Fabric devices the container enabled (or the site gives every GPU container): whatever
     // of theirs the node has.
-    let fabric_nodes = crate::fabric::node_names(&i.request.fabric, i.devices.keys());
+    let mut fabric_nodes = crate::fabric::node_names(&i.request.fabric, i.devices.keys());
+    if let Some(nics) = i.nics_allowed {
+        crate::fabric::only_step_nics(&mut fabric_nodes, i.devices, nics);
+    }
     let gds_nodes = fabric_nodes
         .iter()
         .any(|n| crate::fabric::Fabric::Gds.takes(n));
@@ -759,6 +767,7 @@ mod tests {
             allocation,
             imex_major: Some(234),
             imex_allowed: None,
+            nics_allowed: None,
             cuda_compat,
             config,
             proc_driver: None,
@@ -1297,6 +1306,7 @@ mod tests {
             allocation: Allocation::Unrestricted,
             imex_major: None,
             imex_allowed: None,
+            nics_allowed: None,
             cuda_compat: None,
             config: &c,
             proc_driver: None,

@@ -260,5 +260,9 @@ fn slurm24_task_none_not_minor_order() {
         let c = cluster(template);
         scenario(template, || engine::shared_gpus(&c, gres, mps));
     }
+    // InfiniBand adapters shared out as gres/nic.
+    let c = cluster("gres.conf.nic");
+    scenario("gres.conf.nic", || engine::step_nics(&c));
+    drop(c);
     drop(root);
 }

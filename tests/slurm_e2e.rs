@@ -715,6 +715,12 @@ fn slurm_shard_and_mps() {
         });
         scenario(template, || shared_gpus(&c, gres, mps));
     }
+    let c = Cluster::start(Setup {
+        cgroup: false,
+        gres_template: "gres.conf.nic",
+        oci_template: "oci.conf",
+    });
+    scenario("gres.conf.nic", || step_nics(&c));
 }
 
 #[test]

@@ -383,6 +383,13 @@ pub fn build_plan(
             Standing::InStep { grant, .. } => Some(&grant.imex_channels),
             _ => None,
         },
+        nics_allowed: match &standing {
+            _ if !config.mofed_step_nics => None,
+            Standing::InStep { grant, .. } => Some(&grant.nics),
+            // Denied GPUs, denied adapters.
+            Standing::Outside(Some(_)) => Some(&[]),
+            Standing::NoContainer | Standing::Outside(None) => None,
+        },
         cuda_compat: compat.as_ref(),
         config,
         proc_driver: proc_driver.as_ref(),

@@ -35,6 +35,7 @@ use gres_oci::allocation::{
 use gres_oci::config::Config;
 use gres_oci::gres::{GresConf, GresError};
 use gres_oci::inventory::Inventory;
+use gres_oci::plan::DevNum;
 use gres_oci::request::GPUS_VAR;
 use slurm_spank::{spank_log, Context, LogLevel, Plugin, SpankHandle, SpankOption};
 
@@ -132,6 +133,8 @@ struct Step {
     mps: Option<u32>,
     /// The IMEX channels in the step's own `/dev` (Slurm's switch/nvidia_imex makes them).
     imex_channels: Vec<u32>,
+    /// The step's gres/nic adapters, as device numbers (with `mofed-step-nics`).
+    nics: Vec<DevNum>,
 }
 
 /// The plugin's state across callbacks.
@@ -203,6 +206,11 @@ fn node_name() -> String {
 
 /// The minor of a GPU device file named in gres.conf, from the file itself.
 fn device_minor(path: &Path) -> Result<u32, resolve::ResolveError> {
+    device_rdev(path).map(|d| libc::minor(d))
+}
+
+/// A character device file's number; anything else is an error naming it.
+fn device_rdev(path: &Path) -> Result<u64, resolve::ResolveError> {
     let m = std::fs::metadata(path).map_err(|e| resolve::ResolveError::Device {
         path: path.to_owned(),
         reason: e.to_string(),
@@ -213,7 +221,7 @@ fn device_minor(path: &Path) -> Result<u32, resolve::ResolveError> {
             reason: "not a character device".into(),
         });
     }
-    Ok(libc::minor(m.rdev()))
+    Ok(m.rdev())
 }
 
 /// The node's GPU table from gres.conf, the device files and procfs.
@@ -373,6 +381,7 @@ impl GresOci {
             gpus: gpus.iter().map(|g| g.physical_id()).collect(),
             mps: resolve::mps_percentage(mps.as_deref())?.is_some(),
             imex_channels: Vec::new(),
+            nics: Vec::new(),
         };
         write_record(&config.state_dir, &record).map_err(|e| PluginError::Record(e.into()))
     }
@@ -400,6 +409,13 @@ impl GresOci {
         let value = getenv(h, var)?;
         // Set or unset by Slurm's gres/mps for every job and step, like the GPU lists.
         let mps_value = getenv(h, "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE")?;
+        // Set or unset by Slurm's gres/nic like the GPU lists, where GresTypes has nic.
+        let nic_var = if job_level {
+            "SLURM_JOB_NICS"
+        } else {
+            "SLURM_STEP_NICS"
+        };
+        let nic_value = getenv(h, nic_var)?;
         let node = node_name();
         // The step's GPUs are resolved even when the user opts out: the record that bounds the
         // step's containers is not the user's to switch off.
@@ -418,7 +434,18 @@ impl GresOci {
             list.sort_unstable();
             let mps = resolve::mps_percentage(mps_value.as_deref())?;
             let imex = step_imex_channels(&config);
-            Ok((config.state_dir.clone(), table, list, env, (mps, imex)))
+            let nics = if config.mofed_step_nics {
+                step_nics(&config, &node, nic_var, nic_value.as_deref().unwrap_or(""))?
+            } else {
+                Vec::new()
+            };
+            Ok((
+                config.state_dir.clone(),
+                table,
+                list,
+                env,
+                (mps, imex, nics),
+            ))
         })();
         if !settings.enabled {
             // srun carries the batch script's environment into its steps; a list inherited
@@ -429,7 +456,7 @@ impl GresOci {
                         .map_err(|e| spank_err(&format!("unsetting {var}"), e))?;
                 }
             }
-            let (state_dir, table, list, (mps, imex_channels)) = match resolved {
+            let (state_dir, table, list, (mps, imex_channels, nics)) = match resolved {
                 Ok((d, t, l, _, m)) => (d, t, l, m),
                 Err(e) => {
                     log(
@@ -440,7 +467,7 @@ impl GresOci {
                         Default::default(),
                         Vec::new(),
                         Vec::new(),
-                        (None, Vec::new()),
+                        (None, Vec::new(), Vec::new()),
                     )
                 }
             };
@@ -456,10 +483,11 @@ impl GresOci {
                 state_dir,
                 mps,
                 imex_channels,
+                nics,
             });
             return Ok(());
         }
-        let (state_dir, table, list, env, (mps, imex_channels)) = resolved?;
+        let (state_dir, table, list, env, (mps, imex_channels, nics)) = resolved?;
         let step = Step {
             settings,
             node,
@@ -472,6 +500,7 @@ impl GresOci {
             state_dir,
             mps,
             imex_channels,
+            nics,
         };
         set_env(h, &step, &env)?;
         self.step = Some(step);
@@ -591,6 +620,30 @@ fn step_imex_channels(config: &Config) -> Vec<u32> {
     }
 }
 
+/// The step's gres/nic adapters as device numbers: Slurm's list (`var`, `value`) through this
+/// node's `Name=nic` files in gres.conf, each file stat'ed.
+fn step_nics(
+    config: &Config,
+    node: &str,
+    var: &'static str,
+    value: &str,
+) -> Result<Vec<DevNum>, PluginError> {
+    if value.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let table = GresConf::read(&config.gres_conf)?.nics_for_node(node)?;
+    resolve::step_nic_files(var, value, &table, node)?
+        .iter()
+        .map(|f| {
+            let rdev = device_rdev(f)?;
+            Ok(DevNum {
+                major: libc::major(rdev),
+                minor: libc::minor(rdev),
+            })
+        })
+        .collect()
+}
+
 /// How slurmstepd names a step in its process title (`slurmstepd: [145.batch]`).
 fn step_name(step_id: u32) -> String {
     match step_id {
@@ -622,6 +675,7 @@ fn task_records(step: &Step, h: &SpankHandle) -> Result<Vec<Record>, PluginError
         gpus: ids,
         mps: step.mps.is_some(),
         imex_channels: step.imex_channels.clone(),
+        nics: step.nics.clone(),
     };
     let task_record = Record {
         task_pid: Some(std::process::id() as i32),
@@ -895,6 +949,7 @@ mod tests {
             state_dir: "/run/gres-oci".into(),
             mps: Some(25),
             imex_channels: Vec::new(),
+            nics: Vec::new(),
         };
         let names =
             |s: &Step| -> Vec<String> { step_vars(s, &env).into_iter().map(|(k, _)| k).collect() };

@@ -204,6 +204,48 @@ pub fn parse_list(var: &'static str, value: &str) -> Result<Vec<usize>, ResolveE
     })
 }
 
+/// The device files of the NICs Slurm's gres/nic gave a step: `value` is `SLURM_STEP_NICS`
+/// (or `SLURM_JOB_NICS`), which gres/nic writes as `mlx4_<number>,…` whatever the adapter,
+/// numbers as [`gres_oci::gres::GresConf::nics_for_node`] gives them for `nics`.
+///
+/// # Errors
+/// A malformed list, or a number that none of the node's `Name=nic` files has.
+pub fn step_nic_files(
+    var: &'static str,
+    value: &str,
+    nics: &[(usize, PathBuf)],
+    node: &str,
+) -> Result<Vec<PathBuf>, ResolveError> {
+    let bad = |reason: String| ResolveError::BadVariable {
+        var,
+        value: value.to_owned(),
+        reason,
+    };
+    let mut numbers: Vec<usize> = Vec::new();
+    for item in value.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let digits = item.strip_prefix("mlx4_").unwrap_or(item);
+        match digits.parse::<usize>() {
+            Ok(n) if digits.bytes().all(|b| b.is_ascii_digit()) => numbers.push(n),
+            _ => return Err(bad(format!("{item:?} is not gres/nic's mlx4_<number>"))),
+        }
+    }
+    numbers.sort_unstable();
+    numbers.dedup();
+    numbers
+        .into_iter()
+        .map(|n| {
+            nics.iter()
+                .find(|(num, _)| *num == n)
+                .map(|(_, f)| f.clone())
+                .ok_or_else(|| {
+                    bad(format!(
+                        "NIC {n} is not among node {node:?}'s gres.conf Name=nic files"
+                    ))
+                })
+        })
+        .collect()
+}
+
 /// The step's CUDA MPS share from `CUDA_MPS_ACTIVE_THREAD_PERCENTAGE`, which Slurm's gres/mps
 /// sets (or unsets) for each job and step: its shares as a percentage of the GPU's, 0-100.
 /// `None` when unset or empty: the step holds no MPS shares.
@@ -525,6 +567,38 @@ pub fn task_gpus(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn nic_numbers_to_files() {
+        let nics: Vec<(usize, PathBuf)> = vec![
+            (2, "/dev/infiniband/uverbs2".into()),
+            (3, "/dev/infiniband/uverbs3".into()),
+        ];
+        assert_eq!(
+            step_nic_files("SLURM_STEP_NICS", "mlx4_3", &nics, "n").unwrap(),
+            [PathBuf::from("/dev/infiniband/uverbs3")]
+        );
+        assert_eq!(
+            step_nic_files("SLURM_STEP_NICS", "mlx4_3,mlx4_2", &nics, "n").unwrap(),
+            [
+                PathBuf::from("/dev/infiniband/uverbs2"),
+                PathBuf::from("/dev/infiniband/uverbs3")
+            ]
+        );
+        assert!(step_nic_files("SLURM_STEP_NICS", "", &nics, "n")
+            .unwrap()
+            .is_empty());
+        let e = step_nic_files("SLURM_STEP_NICS", "mlx4_2,mlx4_0", &nics, "n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("NIC 0 is not among node \"n\"'s"), "{e}");
+        for bad in ["mlx5_0", "mlx4_", "mlx4_-1", "mlx4_+2", "2-3"] {
+            assert!(
+                step_nic_files("SLURM_STEP_NICS", bad, &nics, "n").is_err(),
+                "{bad}"
+            );
+        }
+    }
+
     use super::*;
     use gres_oci::gres::GresConf;
     use gres_oci::inventory::Source;

@@ -508,3 +508,61 @@ pub fn imex_channels_in_step(c: &Cluster) {
     let _ = std::fs::remove_dir_all(&dev);
     let _ = std::fs::remove_file(c.node.join("proc/devices"));
 }
+
+/// Issue: with Slurm's gres/nic and `mofed-step-nics`, a container asking for MOFED gets only
+/// its step's adapters (the uverbs nodes of the gres.conf files `SLURM_STEP_NICS` numbers) and
+/// `rdma_cm`; a step without NICs gets none, whatever the submitter exported. Without the key,
+/// every adapter on the node, as NVIDIA's hook gives.
+pub fn step_nics(c: &Cluster) {
+    const PROBE: &str =
+        r#"for n in /dev/infiniband/*; do [ -c "$n" ] && echo "IB ${n##*/}"; done; echo done"#;
+    let ib = |out: &str| -> BTreeSet<String> {
+        out.lines()
+            .filter_map(|l| l.strip_prefix("IB "))
+            .map(str::to_owned)
+            .collect()
+    };
+    let b = own_bundle(
+        c,
+        "nics",
+        &["NVIDIA_VISIBLE_DEVICES=all", "NVIDIA_MOFED=enabled"],
+        PROBE,
+    );
+    let run = |args: &[&str]| {
+        sh(
+            c,
+            args,
+            &format!("echo NICS=$SLURM_STEP_NICS; {}", runc_line(c, &b, "nics")),
+        )
+        .success()
+    };
+    let names = |nics: &[usize]| -> BTreeSet<String> {
+        let mut s: BTreeSet<String> = nics.iter().map(|n| format!("uverbs{n}")).collect();
+        if !nics.is_empty() {
+            s.insert("rdma_cm".into());
+        }
+        s
+    };
+    c.set_gres_oci_key("mofed-step-nics", None);
+    let o = run(&["--gres=gpu:1,nic:1"]);
+    assert_eq!(ib(&o.stdout), names(&[0, 1, 2, 3]), "without the key: {o}");
+
+    c.set_gres_oci_key("mofed-step-nics", Some("true"));
+    for (gres, count) in [("--gres=gpu:1,nic:1", 1), ("--gres=gpu:1,nic:2", 2)] {
+        let o = run(&[gres]);
+        // gres/nic writes `mlx4_<number of the file>` whatever the adapter.
+        let nics: Vec<usize> = o.env()["NICS"]
+            .split(',')
+            .map(|n| n.strip_prefix("mlx4_").unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(nics.len(), count, "{gres}: {o}");
+        assert_eq!(ib(&o.stdout), names(&nics), "{gres}: {o}");
+    }
+    // A step without NICs, its submitter claiming one: Slurm unsets the variable.
+    let o = run(&["--gres=gpu:1", "--export=ALL,SLURM_STEP_NICS=3"]);
+    assert!(ib(&o.stdout).is_empty(), "{o}");
+    // Holding NIC 0, claiming NIC 3: Slurm sets its own list.
+    let o = run(&["--gres=gpu:1,nic:1", "--export=ALL,SLURM_STEP_NICS=3"]);
+    assert_eq!(ib(&o.stdout), names(&[0]), "{o}");
+    c.set_gres_oci_key("mofed-step-nics", None);
+}

@@ -499,7 +499,8 @@ impl Cluster {
         let dev = self.node.join("dev").display().to_string();
         let gres = Self::template(self.setup.gres_template)
             .replace("node[01-16]", host)
-            .replace("/dev/nvidia", &format!("{dev}/nvidia"));
+            .replace("/dev/nvidia", &format!("{dev}/nvidia"))
+            .replace("/dev/infiniband", &format!("{dev}/infiniband"));
         self.minors = gres_minors(&gres);
         assert_eq!(
             self.minors.len(),
@@ -557,6 +558,29 @@ impl Cluster {
         let tmp = self.root.join("etc/.plugstack.conf.tmp");
         std::fs::write(&tmp, format!("{content}\n")).unwrap();
         std::fs::rename(&tmp, p).unwrap();
+    }
+
+    /// Sets (or with `None` removes) a key of the `[gres-oci]` table in the plugin's and the
+    /// hook's config.toml; both read it afresh for each step and container.
+    pub fn set_gres_oci_key(&self, key: &str, value: Option<&str>) {
+        let cfg = self.node.join("config.toml");
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        let mut out = String::new();
+        for l in text.lines() {
+            if l.starts_with(&format!("{key} = ")) {
+                continue;
+            }
+            out.push_str(l);
+            out.push('\n');
+            if l == "[gres-oci]" {
+                if let Some(v) = value {
+                    out.push_str(&format!("{key} = {v}\n"));
+                }
+            }
+        }
+        let tmp = self.node.join(".config.toml.tmp");
+        std::fs::write(&tmp, out).unwrap();
+        std::fs::rename(tmp, cfg).unwrap();
     }
 
     /// Points the plugin's config at another gres.conf (the daemons keep theirs).
@@ -911,6 +935,9 @@ pub const MIG_SLICES: [&str; 4] = [
 /// fake-node.sh's arguments for a gres.conf template: the MIG one needs the fake NVML (only
 /// NVML lists MIG devices) and the slices it names.
 fn fake_node_args(gres_template: &str) -> Vec<String> {
+    if gres_template == "gres.conf.nic" {
+        return vec!["--ib".to_owned(), "4".to_owned()];
+    }
     if gres_template != "gres.conf.mig" {
         return Vec::new();
     }
@@ -924,12 +951,14 @@ fn fake_node_args(gres_template: &str) -> Vec<String> {
     args
 }
 
-/// The GPU-sharing GRES a gres.conf template configures, with the node's count:
-/// `gres.conf.shard` four shards per GPU, `gres.conf.mps` 100 MPS shares per GPU.
+/// The GRES besides gpu that a gres.conf template configures, with the node's count:
+/// `gres.conf.shard` four shards per GPU, `gres.conf.mps` 100 MPS shares per GPU,
+/// `gres.conf.nic` four InfiniBand adapters.
 pub fn shared_gres(gres_template: &str) -> Option<(&'static str, u32)> {
     match gres_template {
         "gres.conf.shard" => Some(("shard", 16)),
         "gres.conf.mps" => Some(("mps", 400)),
+        "gres.conf.nic" => Some(("nic", 4)),
         _ => None,
     }
 }
