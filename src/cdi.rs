@@ -155,6 +155,8 @@ pub enum CdiError {
     MissingMigCap { uuid: String, cap: String },
     #[error("{}: not inside the driver root {}", .path.display(), .root.display())]
     OutsideRoot { path: PathBuf, root: PathBuf },
+    #[error("no {what} in {}", .dev_root.display())]
+    NothingToList { what: String, dev_root: PathBuf },
     #[error("{}: not valid UTF-8, cannot go into a CDI spec", .0.display())]
     NotUtf8(PathBuf),
     #[error("hook path {}: must be absolute", .0.display())]
@@ -348,10 +350,98 @@ pub fn generate(
         });
     }
 
+    finish(out, common, opts)
+}
+
+/// A spec of the node's IMEX channels, as NVIDIA's `--mode=imex` writes it: kind
+/// `<vendor>/<class>` (NVIDIA's `nvidia.com/imex-channel`), one device per channel named by its
+/// id, each just its node `/dev/nvidia-caps-imex-channels/channelN`. `channels` are the ids
+/// [`crate::imex::channels_on_node`] found.
+///
+/// # Errors
+/// No channel on the node, a non-UTF-8 dev root, a bad vendor or class.
+pub fn generate_imex(channels: &[u32], opts: &CdiOptions) -> Result<Spec, CdiError> {
+    if channels.is_empty() {
+        return Err(CdiError::NothingToList {
+            what: format!(
+                "IMEX channels (no {}/channelN on the nvidia-caps-imex-channels major)",
+                crate::imex::CHANNEL_DIR
+            ),
+            dev_root: opts.dev_root.clone(),
+        });
+    }
+    let devices = channels
+        .iter()
+        .map(|id| {
+            let name = format!("{}/channel{id}", crate::imex::CHANNEL_DIR);
+            Ok(Device {
+                name: id.to_string(),
+                container_edits: ContainerEdits {
+                    device_nodes: vec![DeviceNode {
+                        path: format!("/dev/{name}"),
+                        host_path: Some(utf8(&opts.dev_root.join(&name))?),
+                    }],
+                    ..Default::default()
+                },
+            })
+        })
+        .collect::<Result<Vec<_>, CdiError>>()?;
+    finish(devices, ContainerEdits::default(), opts)
+}
+
+/// A spec for one kind of fabric device, as NVIDIA's `--mode=gdrcopy|mofed|gds|nvswitch`
+/// writes it: kind `<vendor>/<class>` (NVIDIA's `nvidia.com/<mode>`) with the single device
+/// `all` holding the kind's nodes the node has (see [`crate::fabric::Fabric::takes`]) and, for
+/// GDS, `gds_files` (the host's `/run/udev` and `/etc/cufile.json`) read-only.
+///
+/// # Errors
+/// None of the kind's nodes on the node, a non-UTF-8 path, a bad vendor or class.
+pub fn generate_fabric(
+    kind: crate::fabric::Fabric,
+    devices: &HostDevices,
+    gds_files: &[crate::driver::HostFile],
+    opts: &CdiOptions,
+) -> Result<Spec, CdiError> {
+    let names = crate::fabric::node_names(&[kind].into_iter().collect(), devices.keys());
+    if names.is_empty() {
+        return Err(CdiError::NothingToList {
+            what: format!("{} device nodes", kind.name()),
+            dev_root: opts.dev_root.clone(),
+        });
+    }
+    let mut edits = ContainerEdits::default();
+    for n in names {
+        edits.device_nodes.push(DeviceNode {
+            path: format!("/dev/{n}"),
+            host_path: Some(utf8(&opts.dev_root.join(&n))?),
+        });
+    }
+    if kind == crate::fabric::Fabric::Gds {
+        for f in gds_files {
+            edits.mounts.push(Mount {
+                host_path: utf8(&f.host_path)?,
+                container_path: utf8(&f.container_path)?,
+                options: FILE_OPTIONS.iter().map(|o| (*o).to_owned()).collect(),
+            });
+        }
+    }
+    let all = Device {
+        name: "all".into(),
+        container_edits: edits,
+    };
+    finish(vec![all], ContainerEdits::default(), opts)
+}
+
+/// The spec of `devices` and `common` under `opts`' kind, checked with [`validate`].
+fn finish(
+    devices: Vec<Device>,
+    common: ContainerEdits,
+    opts: &CdiOptions,
+) -> Result<Spec, CdiError> {
     let spec = Spec {
         cdi_version: CDI_VERSION.into(),
         kind: format!("{}/{}", opts.vendor, opts.class),
-        devices: out,
+        devices,
         container_edits: common,
     };
     validate(&to_value(&spec)?)?;
@@ -1001,6 +1091,65 @@ mod tests {
             ..Default::default()
         };
         (inv, driver, devices, opts)
+    }
+
+    #[test]
+    fn imex_and_fabric_specs() {
+        use crate::plan::DevNum;
+        let opts = CdiOptions {
+            class: "imex-channel".into(),
+            dev_root: "/n/dev".into(),
+            ..CdiOptions::default()
+        };
+        let spec = generate_imex(&[0, 5], &opts).unwrap();
+        assert_eq!(spec.kind, "nvidia.com/imex-channel");
+        let names: Vec<&str> = spec.devices.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["0", "5"]);
+        assert_eq!(
+            spec.devices[1].container_edits.device_nodes[0]
+                .host_path
+                .as_deref(),
+            Some("/n/dev/nvidia-caps-imex-channels/channel5")
+        );
+        assert!(spec.container_edits.is_empty());
+        let e = generate_imex(&[], &opts).unwrap_err().to_string();
+        assert!(e.starts_with("no IMEX channels"), "{e}");
+
+        let devices: HostDevices = [
+            ("infiniband/uverbs0", 231, 192),
+            ("infiniband/umad0", 231, 0),
+            ("infiniband/rdma_cm", 10, 58),
+            ("nvidia-fs0", 245, 0),
+        ]
+        .into_iter()
+        .map(|(n, major, minor)| (n.to_string(), DevNum { major, minor }))
+        .collect();
+        let opts = CdiOptions {
+            class: "mofed".into(),
+            ..opts
+        };
+        let spec = generate_fabric(crate::fabric::Fabric::Mofed, &devices, &[], &opts).unwrap();
+        let [all] = spec.devices.as_slice() else {
+            panic!("{spec:?}")
+        };
+        assert_eq!(all.name, "all");
+        let paths: Vec<&str> = all
+            .container_edits
+            .device_nodes
+            .iter()
+            .map(|n| n.path.as_str())
+            .collect();
+        assert_eq!(
+            paths,
+            ["/dev/infiniband/rdma_cm", "/dev/infiniband/uverbs0"]
+        );
+        let cufile = crate::driver::HostFile {
+            host_path: "/d/etc/cufile.json".into(),
+            container_path: "/etc/cufile.json".into(),
+        };
+        let gds = generate_fabric(crate::fabric::Fabric::Gds, &devices, &[cufile], &opts).unwrap();
+        assert_eq!(gds.devices[0].container_edits.mounts.len(), 1);
+        assert!(generate_fabric(crate::fabric::Fabric::Gdrcopy, &devices, &[], &opts).is_err());
     }
 
     #[test]

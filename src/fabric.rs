@@ -32,6 +32,16 @@ impl Fabric {
         Fabric::Nvswitch,
     ];
 
+    /// Its name in `fabric-devices` and as a CDI mode: `gdrcopy`, `mofed`, `gds`, `nvswitch`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fabric::Gdrcopy => "gdrcopy",
+            Fabric::Mofed => "mofed",
+            Fabric::Gds => "gds",
+            Fabric::Nvswitch => "nvswitch",
+        }
+    }
+
     /// The container variable that asks for it (`=enabled`, exactly, as NVIDIA reads it).
     pub fn env_var(self) -> &'static str {
         match self {

@@ -17,8 +17,8 @@ use support::*;
 /// cgroup but no driver, EPERM = denied), library files and links, the environment, and a
 /// copy of its linker cache in /out.
 const PROBE: &str = r#"
-for n in /dev/nvidia* /dev/nvidia-caps/*; do [ -c "$n" ] && echo "node $n"; done
-for n in /dev/nvidia* /hostdev/nvidia*; do
+for n in /dev/nvidia* /dev/nvidia-caps/* /dev/nvidia-caps-imex-channels/* /dev/infiniband/* /dev/gdrdrv; do [ -c "$n" ] && echo "node $n"; done
+for n in /dev/nvidia* /hostdev/nvidia* /dev/nvidia-caps-imex-channels/* /dev/infiniband/*; do
   [ -c "$n" ] || continue
   if cat "$n" </dev/null >/dev/null 2>/tmp/err; then echo "open $n ok"; else echo "open $n $(cat /tmp/err)"; fi
 done
@@ -73,8 +73,13 @@ struct CdiSpec {
 
 impl CdiSpec {
     fn generate(node: &FakeNode, format: &str) -> CdiSpec {
+        CdiSpec::generate_mode(node, format, "gpu")
+    }
+
+    /// A spec of `cdi generate --mode MODE`.
+    fn generate_mode(node: &FakeNode, format: &str, mode: &str) -> CdiSpec {
         let n = seq();
-        let class = format!("gpu{}n{n}", std::process::id());
+        let class = format!("{mode}{}n{n}", std::process::id());
         std::fs::create_dir_all("/var/run/cdi").unwrap();
         let path = PathBuf::from(format!(
             "/var/run/cdi/gres-oci-test-{}-{n}.{format}",
@@ -86,7 +91,8 @@ impl CdiSpec {
         };
         let o = Command::new(hook_bin())
             .arg(format!("-config={}", node.config().display()))
-            .args(["cdi", "generate", "--vendor", "gres-oci.test", "--class"])
+            .args(["cdi", "generate", "--mode", mode])
+            .args(["--vendor", "gres-oci.test", "--class"])
             .arg(&class)
             .args(["--format", format, "--output"])
             .arg(&spec.path)
@@ -537,4 +543,90 @@ fn image_loader_variables_never_reach_cdi_or_hooks_d_hooks() {
             );
         }
     }
+}
+
+/// `cdi generate --mode imex` and `--mode mofed|gds`, as NVIDIA names them, applied by podman:
+/// an IMEX channel device gives exactly its node (channels on another major are not listed),
+/// the MOFED `all` device the verbs nodes and rdma_cm but not umad, GDS its nodes and the
+/// cufile config; a mode whose nodes the node lacks is a one-line error.
+#[test]
+fn cdi_imex_channels_and_fabric_modes() {
+    let node = setup();
+    let mk = |rel: &str, major: u32, minor: u32| {
+        let p = node.dev().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        let o = Command::new("mknod")
+            .args(["-m", "666"])
+            .arg(&p)
+            .args(["c", &major.to_string(), &minor.to_string()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "mknod {rel}: {}", text(&o));
+    };
+    let gds = Command::new(hook_bin())
+        .arg(format!("-config={}", node.config().display()))
+        .args(["cdi", "generate", "--mode", "gds"])
+        .output()
+        .unwrap();
+    assert!(!gds.status.success());
+    let err = text(&gds);
+    assert!(err.contains("no gds device nodes in"), "{err}");
+    mk("nvidia-caps-imex-channels/channel0", 234, 0);
+    mk("nvidia-caps-imex-channels/channel5", 234, 5);
+    mk("nvidia-caps-imex-channels/channel6", 240, 6);
+    std::fs::write(
+        node.path().join("proc/devices"),
+        "Character devices:\n195 nvidia-frontend\n234 nvidia-caps-imex-channels\n",
+    )
+    .unwrap();
+    for (rel, major, minor) in [
+        ("infiniband/uverbs0", 231, 192),
+        ("infiniband/uverbs1", 231, 193),
+        ("infiniband/umad0", 231, 0),
+        ("infiniband/rdma_cm", 10, 58),
+        ("nvidia-fs0", 245, 0),
+    ] {
+        mk(rel, major, minor);
+    }
+    std::fs::create_dir_all(node.path().join("driver/etc")).unwrap();
+    std::fs::write(node.path().join("driver/etc/cufile.json"), "{}\n").unwrap();
+
+    let imex = CdiSpec::generate_mode(&node, "yaml", "imex");
+    let seen = run_cdi(&node, &[imex.device("5")]);
+    assert_eq!(seen.nodes(), set(&["nvidia-caps-imex-channels/channel5"]));
+    assert!(seen
+        .open("/dev/nvidia-caps-imex-channels/channel5")
+        .contains(ENXIO));
+    let hooks = tempfile::tempdir().unwrap();
+    let (o, _) = podman_run(
+        &node,
+        &["--hooks-dir", &hooks.path().display().to_string()],
+        &["--device".to_owned(), imex.device("6")],
+    );
+    assert!(
+        !o.status.success(),
+        "channel 6 is on another major: {}",
+        text(&o)
+    );
+
+    let mofed = CdiSpec::generate_mode(&node, "json", "mofed");
+    let seen = run_cdi(&node, &[mofed.device("all")]);
+    assert_eq!(
+        seen.nodes(),
+        set(&[
+            "infiniband/rdma_cm",
+            "infiniband/uverbs0",
+            "infiniband/uverbs1"
+        ])
+    );
+    assert!(seen.open("/dev/infiniband/uverbs1").contains(ENXIO));
+
+    let gds = CdiSpec::generate_mode(&node, "json", "gds");
+    let text = std::fs::read_to_string(&gds.path).unwrap();
+    assert!(
+        text.contains("\"containerPath\": \"/etc/cufile.json\""),
+        "{text}"
+    );
+    let seen = run_cdi(&node, &[gds.device("all")]);
+    assert_eq!(seen.nodes(), set(&["nvidia-fs0"]));
 }

@@ -9,14 +9,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use gres_oci::cdi::{self, CdiOptions};
 use gres_oci::config::{Config, CudaCompatMode, Ldconfig};
-use gres_oci::driver::DriverRoot;
+use gres_oci::driver::{DriverFiles, DriverRoot};
+use gres_oci::fabric::Fabric;
 use gres_oci::inventory::{read_mig_minors, scan_dev_root};
 use gres_oci::selection::{parse_capabilities, Capability};
 
 use crate::gather;
 
 pub const USAGE: &str = "\
-Usage: gres-oci-hook cdi generate [--config PATH] [--vendor NAME] [--class NAME]
+Usage: gres-oci-hook cdi generate [--config PATH] [--mode MODE] [--vendor NAME] [--class NAME]
                                   [--format json|yaml] [--output FILE]
                                   [--capabilities LIST] [--hook-path PATH] [--soname-mounts]
        gres-oci-hook cdi validate FILE
@@ -30,6 +31,11 @@ generate  write a CDI spec (cdiVersion 0.5.0) for this node: one device per GPU 
           library at its soname links' paths, for engines that skip CDI hooks (Apptainer):
           the loader then finds libcuda.so.1 in the library dir without the hook's links
           and cache; engines that run the hook are unaffected.
+          --mode (NVIDIA's names) picks what the spec lists: gpu (default; also auto,
+          nvml) as above; imex: one device per IMEX channel node in dev-root, named by id
+          (class imex-channel); gdrcopy, mofed, gds, nvswitch: the device `all` with that
+          kind's nodes (class = the mode; gds adds /run/udev and /etc/cufile.json).
+          --capabilities, --hook-path and --soname-mounts go with --mode gpu only.
 validate  check FILE (JSON or YAML) against the CDI schema of the cdiVersion it declares.
 
 Specs are read by podman from /etc/cdi and /var/run/cdi; podman 4.x reads cdiVersion up to
@@ -117,6 +123,7 @@ pub fn run(global_config: Option<&Path>, rest: &[String]) -> Result<()> {
                 rest,
                 &[
                     "config",
+                    "mode",
                     "vendor",
                     "class",
                     "format",
@@ -163,6 +170,58 @@ fn generate(global_config: Option<&Path>, f: &Flags) -> Result<()> {
         (None, Some(o)) if o.ends_with(".yaml") || o.ends_with(".yml") => "yaml",
         (None, _) => "json",
     };
+    let mode = f.last("mode").unwrap_or("gpu");
+    let fabric = match mode {
+        "gpu" | "auto" | "nvml" => None,
+        "imex" => Some(None),
+        other => Some(Some(
+            Fabric::ALL
+                .into_iter()
+                .find(|k| k.name() == other)
+                .with_context(|| {
+                    format!("--mode {other:?}: one of gpu, imex, gdrcopy, mofed, gds, nvswitch")
+                })?,
+        )),
+    };
+    if let Some(kind) = fabric {
+        for flag in ["capabilities", "hook-path"] {
+            if f.last(flag).is_some() {
+                bail!("--{flag} goes with --mode gpu only");
+            }
+        }
+        if f.has("soname-mounts") {
+            bail!("--soname-mounts goes with --mode gpu only");
+        }
+        let defaults = CdiOptions::default();
+        let opts = CdiOptions {
+            vendor: f.last("vendor").unwrap_or(&defaults.vendor).to_owned(),
+            class: f
+                .last("class")
+                .unwrap_or(kind.map_or("imex-channel", Fabric::name))
+                .to_owned(),
+            dev_root: config.dev_root.clone(),
+            ..defaults
+        };
+        let devices = scan_dev_root(&config.dev_root)?;
+        let spec = match kind {
+            None => {
+                let major = gres_oci::imex::read_major(&config.proc_root)?;
+                let channels = major
+                    .map(|m| gres_oci::imex::channels_on_node(&devices, m))
+                    .unwrap_or_default();
+                cdi::generate_imex(&channels, &opts)?
+            }
+            Some(kind) => {
+                let mut files = DriverFiles::default();
+                if kind == Fabric::Gds {
+                    let cache = gather::driver_cache(&config)?;
+                    DriverRoot::new(&config, &cache, "").add_gds_files(&mut files);
+                }
+                cdi::generate_fabric(kind, &devices, &files.gds, &opts)?
+            }
+        };
+        return emit(&spec, format, f.last("output"));
+    }
     let capabilities = parse_capabilities(
         Some(f.last("capabilities").unwrap_or("")),
         false,
@@ -205,12 +264,17 @@ fn generate(global_config: Option<&Path>, f: &Flags) -> Result<()> {
         soname_mounts: f.has("soname-mounts"),
     };
     let spec = cdi::generate(&inv, &driver, &devices, &opts)?;
+    emit(&spec, format, f.last("output"))
+}
+
+/// Writes `spec` as `format` to `output`, or to stdout.
+fn emit(spec: &cdi::Spec, format: &str, output: Option<&str>) -> Result<()> {
     let text = if format == "yaml" {
-        cdi::to_yaml(&spec)?
+        cdi::to_yaml(spec)?
     } else {
-        cdi::to_json(&spec)?
+        cdi::to_json(spec)?
     };
-    match f.last("output") {
+    match output {
         Some(out) => write_atomically(Path::new(out), text.as_bytes()),
         None => {
             std::io::stdout()
