@@ -14,8 +14,8 @@ use serde_json::Value;
 
 use crate::driver::DriverFiles;
 use crate::inventory::Inventory;
+use crate::nvidia_env::{Capabilities, Capability};
 use crate::plan::{HostDevices, Layout};
-use crate::selection::{Capabilities, Capability};
 
 /// The version generated specs declare.
 pub const CDI_VERSION: &str = "0.5.0";

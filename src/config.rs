@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::selection::{parse_capability_list, Capabilities, Capability};
+use crate::nvidia_env::{parse_capability_list, Capabilities, Capability};
 
 /// Where the hook looks when no `-config` is given.
 pub const DEFAULT_CONFIG: &str = "/etc/gres-oci/config.toml";

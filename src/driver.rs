@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
 
 use crate::ldcache::LdCache;
-use crate::selection::{Capabilities, Capability};
+use crate::nvidia_env::{Capabilities, Capability};
 
 /// Library name prefixes per capability, as NVIDIA's CLI matches them in the cache.
 pub fn libraries_for(cap: Capability) -> &'static [&'static str] {

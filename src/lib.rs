@@ -14,10 +14,10 @@ pub mod gres;
 pub mod imex;
 pub mod inventory;
 pub mod ldcache;
+pub mod nvidia_env;
 pub mod plan;
 pub mod proc_mask;
 pub mod request;
-pub mod selection;
 
 /// The `env` of every OCI hook entry gres-oci writes or ships (CDI specs, hooks.d files, the
 /// bundle patched by the plugin). runc before 1.3 runs a `createContainer` hook whose entry has

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use crate::config::{Config, Ldconfig};
 use crate::driver::DriverFiles;
 use crate::inventory::{Gpu, Inventory, Source};
+use crate::nvidia_env::DeviceRequest;
+use crate::nvidia_env::{check_requirements, Capabilities, Capability, EnvError, Facts};
 use crate::request::{Devices, Request, RequestError, Selection};
-use crate::selection::DeviceRequest;
-use crate::selection::{check_requirements, Capabilities, Capability, Facts, SelectionError};
 
 /// A host character device: its number, read by the caller from `dev-root`.
 #[derive(
@@ -152,7 +152,7 @@ pub enum PlanError {
     #[error(transparent)]
     Imex(#[from] crate::imex::ImexError),
     #[error(transparent)]
-    Requirement(#[from] SelectionError),
+    Requirement(#[from] EnvError),
     #[error("device node {name} not found under {dev_root}")]
     MissingDevice { name: String, dev_root: PathBuf },
     #[error("GPU {gpu} is not allocated to this Slurm step (allocated: {allocated})")]

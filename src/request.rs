@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 
 use crate::config::Config;
 use crate::inventory::{normalize_pci_bus_id, Gpu, Inventory, Mig};
-use crate::selection::{
+use crate::nvidia_env::{
     go_bool_true, is_legacy_image, parse_capabilities, parse_visible_devices,
-    requirements_from_env, Capabilities, DeviceId, DeviceRequest, Requirement, SelectionError,
+    requirements_from_env, Capabilities, DeviceId, DeviceRequest, EnvError, Requirement,
 };
 
 /// The variable the SPANK plugin sets: the step's GPUs by physical identity.
@@ -52,7 +52,7 @@ impl PhysicalId {
             .get(..4)
             .is_some_and(|p| p.eq_ignore_ascii_case("GPU-"))
         {
-            return match crate::selection::parse_device_id(item) {
+            return match crate::nvidia_env::parse_device_id(item) {
                 Ok(DeviceId::GpuUuid(u)) => Ok(PhysicalId::Uuid(u)),
                 _ => Err(bad()),
             };
@@ -136,7 +136,7 @@ pub struct Request {
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
     #[error(transparent)]
-    Selection(#[from] SelectionError),
+    Selection(#[from] EnvError),
     #[error(transparent)]
     Imex(#[from] crate::imex::ImexError),
     #[error("invalid GPU {0:?} in {GPUS_VAR}")]

@@ -12,7 +12,7 @@ use gres_oci::config::{Config, CudaCompatMode, Ldconfig};
 use gres_oci::driver::{DriverFiles, DriverRoot};
 use gres_oci::fabric::Fabric;
 use gres_oci::inventory::{read_mig_minors, scan_dev_root};
-use gres_oci::selection::{parse_capabilities, Capability};
+use gres_oci::nvidia_env::{parse_capabilities, Capability};
 
 use crate::gather;
 

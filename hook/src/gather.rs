@@ -12,10 +12,10 @@ use gres_oci::driver::{resolve_in, DriverRoot};
 use gres_oci::fabric::Fabric;
 use gres_oci::inventory::{read_mig_minors, read_nvml, read_procfs, scan_dev_root, Inventory};
 use gres_oci::ldcache::{native_arch, LdCache};
+use gres_oci::nvidia_env::{Capability, DeviceRequest};
 use gres_oci::plan::{plan, Allocation, Inputs, Layout, Plan};
 use gres_oci::proc_mask::{HostFile, HostProcDriver};
 use gres_oci::request::{env_map, Devices, PhysicalId, Request, GPUS_VAR};
-use gres_oci::selection::{Capability, DeviceRequest};
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 use crate::state::Bundle;

@@ -16,8 +16,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use gres_oci::config::{Config, Ldconfig};
 use gres_oci::driver::DriverRoot;
+use gres_oci::nvidia_env::{Capabilities, Capability};
 use gres_oci::plan::Plan;
-use gres_oci::selection::{Capabilities, Capability};
 
 const USAGE: &str = "\
 Usage: gres-oci-hook [-config=PATH] [-debug] COMMAND [ARGS]

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use gres_oci::selection::parse_capability_list;
+use gres_oci::nvidia_env::parse_capability_list;
 
 /// The option that turns gres-oci on or off for one job or step.
 pub const OPT_ENABLE: &str = "gres-oci";

@@ -46,8 +46,8 @@ use std::path::{Path, PathBuf};
 mod hostlist;
 mod index;
 
-pub use hostlist::{expand_hostlist, hostlist_contains};
 use hostlist::Hostlist;
+pub use hostlist::{expand_hostlist, hostlist_contains};
 pub use index::{parse_index_list, resolve_indices};
 
 /// Most names one hostlist expression (one `File=` value, one line) may expand to.
