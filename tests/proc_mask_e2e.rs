@@ -142,6 +142,8 @@ fn a_procfs_without_the_driver_directory_is_left_alone() {
     require_root();
     prepare_cgroups_for_crun();
     let node = FakeNode::new(&[]);
+    // Said at debug level: there is nothing to hide.
+    node.edit_config(|c| c.replacen("[gres-oci]\n", "[gres-oci]\nlog-level = \"debug\"\n", 1));
     for rt in [Runtime::Runc, Runtime::Crun] {
         let b = Bundle::new(BundleOpts {
             env: &["NVIDIA_VISIBLE_DEVICES=0"],

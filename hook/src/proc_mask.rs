@@ -154,8 +154,9 @@ pub fn apply(sys: &RealSys, mask: &ProcMask) -> Result<()> {
         Ok(fd) => fd,
         Err(why) => {
             // On a node whose kernel runs the driver the directory is always there; without it
-            // the container sees no driver state at all, so there is nothing to hide.
-            tracing::warn!("{why}; {} not masked", shown.display());
+            // the container sees no driver state at all, so there is nothing to hide (and no
+            // reason to warn at each start).
+            tracing::debug!("{why}; {} not masked", shown.display());
             return Ok(());
         }
     };
