@@ -7,6 +7,7 @@ use std::path::{Component, Path, PathBuf};
 
 use crate::ldcache::LdCache;
 use crate::nvidia_env::{Capabilities, Capability};
+use crate::plan::MountKind;
 
 /// Library name prefixes per capability, as NVIDIA's CLI matches them in the cache.
 pub fn libraries_for(cap: Capability) -> &'static [&'static str] {
@@ -115,6 +116,22 @@ pub struct DriverFiles {
     pub gds: Vec<HostFile>,
     /// Names that were looked for and not found (NVIDIA treats these as warnings).
     pub missing: Vec<String>,
+}
+
+impl DriverFiles {
+    /// The files mounted at their own container paths, with how: binaries, firmware and
+    /// (`with_gds`, only where the container gets GDS nodes, as NVIDIA's discovery does) the
+    /// GDS files read-only; IPC sockets and the MPS directories writable. Libraries go where
+    /// the consumer lays them out.
+    pub fn path_mounts(&self, with_gds: bool) -> impl Iterator<Item = (&HostFile, MountKind)> {
+        let gds = if with_gds { &self.gds[..] } else { &[] };
+        self.binaries
+            .iter()
+            .chain(&self.firmware)
+            .chain(gds)
+            .map(|f| (f, MountKind::ReadOnly))
+            .chain(self.ipc.iter().map(|f| (f, MountKind::Ipc)))
+    }
 }
 
 /// Where discovery looks.

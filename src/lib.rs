@@ -14,6 +14,7 @@ pub mod gres;
 pub mod imex;
 pub mod inventory;
 pub mod ldcache;
+pub mod nodes;
 pub mod nvidia_env;
 pub mod plan;
 pub mod proc_mask;

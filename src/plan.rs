@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use crate::config::{Config, Ldconfig};
 use crate::driver::DriverFiles;
 use crate::inventory::{Gpu, Inventory, Source};
+use crate::nodes;
 use crate::nvidia_env::DeviceRequest;
-use crate::nvidia_env::{check_requirements, Capabilities, Capability, EnvError, Facts};
+use crate::nvidia_env::{check_requirements, Capabilities, EnvError, Facts};
 use crate::request::{Devices, Request, RequestError, Selection};
 
 /// A host character device: its number, read by the caller from `dev-root`.
@@ -153,14 +154,12 @@ pub enum PlanError {
     Imex(#[from] crate::imex::ImexError),
     #[error(transparent)]
     Requirement(#[from] EnvError),
-    #[error("device node {name} not found under {dev_root}")]
-    MissingDevice { name: String, dev_root: PathBuf },
+    #[error(transparent)]
+    Node(#[from] crate::nodes::NodeError),
     #[error("GPU {gpu} is not allocated to this Slurm step (allocated: {allocated})")]
     NotAllocated { gpu: String, allocated: String },
     #[error("container is in no Slurm job, and {why} gives it no GPU (set outside-slurm = \"allow\" in [gres-oci] of the hook's config.toml to allow such containers)")]
     OutsideSlurm { why: String },
-    #[error("MIG device {uuid}: no {cap} in the driver's mig-minors list")]
-    MissingMigCap { uuid: String, cap: String },
     #[error(transparent)]
     ProcMask(#[from] crate::proc_mask::MaskError),
 }
@@ -232,17 +231,12 @@ pub fn plan(i: &Inputs) -> Result<Plan, PlanError> {
 
     let caps = &i.request.capabilities;
     let dev_root = &i.config.dev_root;
-    let mut node_names: Vec<(String, bool)> = vec![("nvidiactl".into(), true)];
-    if caps.contains(Capability::Compute) {
-        // uvm appears only once a CUDA client loaded the module; NVIDIA skips it when absent.
-        node_names.push(("nvidia-uvm".into(), false));
-        node_names.push(("nvidia-uvm-tools".into(), false));
-    }
-    if caps.contains(Capability::Display) {
-        node_names.push(("nvidia-modeset".into(), false));
-    }
+    let mut node_names: Vec<(String, bool)> = nodes::control(caps)
+        .into_iter()
+        .map(|(n, required)| (n.to_owned(), required))
+        .collect();
     for g in &gpus {
-        node_names.push((format!("nvidia{}", g.minor), true));
+        node_names.push((nodes::gpu(g.minor), true));
     }
     // Fabric devices the container enabled (or the site gives every GPU container): whatever
     // of theirs the node has.
@@ -270,16 +264,8 @@ pub fn plan(i: &Inputs) -> Result<Plan, PlanError> {
     }
     let mut migs = Vec::new();
     for (g, m) in &selection.migs {
-        // A MIG device needs its GPU instance's and compute instance's access capabilities.
-        for cap in m.capabilities(g.minor) {
-            let minor = i
-                .mig_minors
-                .get(&cap)
-                .ok_or_else(|| PlanError::MissingMigCap {
-                    uuid: m.uuid.clone(),
-                    cap: cap.clone(),
-                })?;
-            node_names.push((format!("nvidia-caps/nvidia-cap{minor}"), true));
+        for cap in nodes::mig_caps(g.minor, m, i.mig_minors)? {
+            node_names.push((cap, true));
         }
         migs.push(PlannedMig {
             parent_minor: g.minor,
@@ -290,20 +276,13 @@ pub fn plan(i: &Inputs) -> Result<Plan, PlanError> {
     }
     let mut device_nodes = Vec::new();
     for (name, required) in node_names {
-        match i.devices.get(&name) {
-            Some(n) => device_nodes.push(DeviceNode {
+        if let Some(n) = nodes::find(i.devices, dev_root, &name, required)? {
+            device_nodes.push(DeviceNode {
                 host_path: dev_root.join(&name),
                 path: Path::new("/dev").join(&name),
                 major: n.major,
                 minor: n.minor,
-            }),
-            None if required => {
-                return Err(PlanError::MissingDevice {
-                    name,
-                    dev_root: dev_root.clone(),
-                })
-            }
-            None => {}
+            });
         }
     }
     device_nodes.sort();
@@ -341,26 +320,11 @@ pub fn plan(i: &Inputs) -> Result<Plan, PlanError> {
             lib_dirs.push(dir);
         }
     }
-    // GDS's host files only with GDS nodes, as NVIDIA's discovery does.
-    let gds_files = if gds_nodes { &i.driver.gds[..] } else { &[] };
-    for f in i
-        .driver
-        .binaries
-        .iter()
-        .chain(&i.driver.firmware)
-        .chain(gds_files)
-    {
+    for (f, kind) in i.driver.path_mounts(gds_nodes) {
         mounts.push(Mount {
             source: f.host_path.clone(),
             target: f.container_path.clone(),
-            kind: MountKind::ReadOnly,
-        });
-    }
-    for f in &i.driver.ipc {
-        mounts.push(Mount {
-            source: f.host_path.clone(),
-            target: f.container_path.clone(),
-            kind: MountKind::Ipc,
+            kind,
         });
     }
     // By target, so the plan reads in container order and a target is mounted once.

@@ -7,7 +7,8 @@ use std::path::Path;
 use super::*;
 use crate::driver::DriverFiles;
 use crate::inventory::Inventory;
-use crate::plan::{HostDevices, Layout};
+use crate::nodes;
+use crate::plan::{HostDevices, Layout, MountKind};
 
 /// Builds the spec: one device per GPU by NVML index and by UUID, one per MIG device by
 /// `G:M` and by `MIG-` UUID, and `all`; the common edits carry the control nodes, the driver
@@ -25,20 +26,20 @@ pub fn generate(
     devices: &HostDevices,
     opts: &CdiOptions,
 ) -> Result<Spec, CdiError> {
-    let node = |name: &str| -> Result<Option<DeviceNode>, CdiError> {
-        if !devices.contains_key(name) {
-            return Ok(None);
-        }
-        Ok(Some(DeviceNode {
+    let spec_node = |name: &str| -> Result<DeviceNode, CdiError> {
+        Ok(DeviceNode {
             path: format!("/dev/{name}"),
             host_path: Some(utf8(&opts.dev_root.join(name))?),
-        }))
+        })
+    };
+    let node = |name: &str, required: bool| -> Result<Option<DeviceNode>, CdiError> {
+        nodes::find(devices, &opts.dev_root, name, required)?
+            .map(|_| spec_node(name))
+            .transpose()
     };
     let required = |name: &str| -> Result<DeviceNode, CdiError> {
-        node(name)?.ok_or_else(|| CdiError::MissingDevice {
-            name: name.to_owned(),
-            dev_root: opts.dev_root.clone(),
-        })
+        nodes::find(devices, &opts.dev_root, name, true)?;
+        spec_node(name)
     };
     let one = |name: String, nodes: Vec<DeviceNode>| Device {
         name,
@@ -51,7 +52,7 @@ pub fn generate(
     let mut out = Vec::new();
     let mut all: Vec<DeviceNode> = Vec::new();
     for g in &inv.gpus {
-        let gpu_node = required(&format!("nvidia{}", g.minor))?;
+        let gpu_node = required(&nodes::gpu(g.minor))?;
         out.push(one(g.index.to_string(), vec![gpu_node.clone()]));
         if let Some(u) = &g.uuid {
             out.push(one(u.clone(), vec![gpu_node.clone()]));
@@ -59,15 +60,8 @@ pub fn generate(
         all.push(gpu_node.clone());
         for m in &g.migs {
             let mut nodes = vec![gpu_node.clone()];
-            for cap in m.capabilities(g.minor) {
-                let minor = opts
-                    .mig_minors
-                    .get(&cap)
-                    .ok_or_else(|| CdiError::MissingMigCap {
-                        uuid: m.uuid.clone(),
-                        cap: cap.clone(),
-                    })?;
-                nodes.push(required(&format!("nvidia-caps/nvidia-cap{minor}"))?);
+            for cap in nodes::mig_caps(g.minor, m, &opts.mig_minors)? {
+                nodes.push(required(&cap)?);
             }
             all.extend(nodes[1..].iter().cloned());
             out.push(one(format!("{}:{}", g.index, m.index), nodes.clone()));
@@ -82,16 +76,8 @@ pub fn generate(
         env: vec!["NVIDIA_VISIBLE_DEVICES=void".into()],
         ..Default::default()
     };
-    common.device_nodes.push(required("nvidiactl")?);
-    let mut optional = Vec::new();
-    if opts.capabilities.contains(Capability::Compute) {
-        optional.extend(["nvidia-uvm", "nvidia-uvm-tools"]);
-    }
-    if opts.capabilities.contains(Capability::Display) {
-        optional.push("nvidia-modeset");
-    }
-    for n in optional {
-        common.device_nodes.extend(node(n)?);
+    for (n, is_required) in nodes::control(&opts.capabilities) {
+        common.device_nodes.extend(node(n, is_required)?);
     }
 
     let owned = |o: &[&str]| o.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
@@ -131,18 +117,14 @@ pub fn generate(
         });
         lib_dirs.insert(dir);
     }
-    for f in driver.binaries.iter().chain(&driver.firmware) {
+    for (f, kind) in driver.path_mounts(false) {
         common.mounts.push(Mount {
             host_path: utf8(&f.host_path)?,
             container_path: utf8(&f.container_path)?,
-            options: owned(FILE_OPTIONS),
-        });
-    }
-    for f in &driver.ipc {
-        common.mounts.push(Mount {
-            host_path: utf8(&f.host_path)?,
-            container_path: utf8(&f.container_path)?,
-            options: owned(IPC_OPTIONS),
+            options: owned(match kind {
+                MountKind::ReadOnly => FILE_OPTIONS,
+                MountKind::Ipc => IPC_OPTIONS,
+            }),
         });
     }
     common

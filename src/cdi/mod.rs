@@ -154,10 +154,8 @@ pub enum CdiError {
     /// A spec that breaks the schema: `field` is its JSON path (`devices[0].name`).
     #[error("{field}: {message}")]
     Invalid { field: String, message: String },
-    #[error("{name}: no such device node in {}", .dev_root.display())]
-    MissingDevice { name: String, dev_root: PathBuf },
-    #[error("MIG device {uuid}: {cap} is not in mig-minors")]
-    MissingMigCap { uuid: String, cap: String },
+    #[error(transparent)]
+    Node(#[from] crate::nodes::NodeError),
     #[error("{}: not inside the driver root {}", .path.display(), .root.display())]
     OutsideRoot { path: PathBuf, root: PathBuf },
     #[error("no {what} in {}", .dev_root.display())]
@@ -540,7 +538,7 @@ mod tests {
             .to_string();
         assert_eq!(
             e,
-            "MIG device MIG-bbbb: gpu2/gi1/access is not in mig-minors"
+            "MIG device MIG-bbbb: no gpu2/gi1/access in the driver's mig-minors list"
         );
         let mut o = opts.clone();
         o.class = "g.pu".into();
@@ -555,7 +553,7 @@ mod tests {
         let e = generate(&inv, &driver, &devices, &opts)
             .unwrap_err()
             .to_string();
-        assert_eq!(e, "nvidia0: no such device node in /node/dev");
+        assert_eq!(e, "device node nvidia0 not found under /node/dev");
     }
 
     fn good() -> Value {
