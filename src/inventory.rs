@@ -81,26 +81,12 @@ pub enum InventoryError {
     Nvml { library: String, message: String },
 }
 
-/// Normalises a PCI bus id to `dddddddd:bb:dd.f`, lower-case; `None` if it is not one.
+/// Normalises a PCI bus id to `dddddddd:bb:dd.f`, lower-case; `None` if it is not one. The
+/// function must be given; the domain may be left out.
 pub fn normalize_pci_bus_id(s: &str) -> Option<String> {
-    let s = s.trim();
-    let (rest, func) = s.rsplit_once('.')?;
-    let mut parts = rest.split(':');
-    let (a, b, c) = (parts.next()?, parts.next()?, parts.next());
-    let (domain, bus, dev) = match c {
-        Some(dev) => (a, b, dev),
-        None => ("0", a, b),
-    };
-    if parts.next().is_some() {
-        return None;
-    }
-    let hex = |v: &str, max: usize| {
-        (!v.is_empty() && v.len() <= max && v.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then(|| u32::from_str_radix(v, 16).ok())
-            .flatten()
-    };
-    let (d, b, v, f) = (hex(domain, 8)?, hex(bus, 2)?, hex(dev, 2)?, hex(func, 1)?);
-    Some(format!("{d:08x}:{b:02x}:{v:02x}.{f:x}"))
+    let addr = crate::ids::PciAddr::parse(s.trim())?;
+    addr.function?;
+    Some(addr.canonical())
 }
 
 /// Reads `<proc_root>/driver/nvidia/version` and `…/gpus/*/information`.
@@ -223,17 +209,7 @@ pub fn parse_information(text: &str) -> Result<Gpu, String> {
 }
 
 fn valid_uuid(v: &str) -> Option<String> {
-    valid_prefixed_uuid(v, "GPU-")
-}
-
-pub fn valid_prefixed_uuid(v: &str, prefix: &str) -> Option<String> {
-    let rest = v.strip_prefix(prefix)?;
-    let ok = rest.len() == 36
-        && rest.char_indices().all(|(i, c)| match i {
-            8 | 13 | 18 | 23 => c == '-',
-            _ => c.is_ascii_hexdigit(),
-        });
-    ok.then(|| format!("{prefix}{}", rest.to_ascii_lowercase()))
+    crate::ids::prefixed_uuid(v, "GPU-")
 }
 
 /// `<proc_root>/driver/nvidia-caps/mig-minors`: capability name (`gpu0/gi1/access`,
@@ -298,7 +274,11 @@ fn nvml_migs(d: &nvml_wrapper::Device) -> Vec<Mig> {
         let Ok(m) = d.mig_device_by_index(i) else {
             continue;
         };
-        let Some(uuid) = m.uuid().ok().and_then(|u| valid_prefixed_uuid(&u, "MIG-")) else {
+        let Some(uuid) = m
+            .uuid()
+            .ok()
+            .and_then(|u| crate::ids::prefixed_uuid(&u, "MIG-"))
+        else {
             continue;
         };
         // SAFETY: the handle is only passed back to this library while `m` is alive.

@@ -11,6 +11,7 @@ pub mod driver;
 pub mod elf;
 pub mod fabric;
 pub mod gres;
+pub mod ids;
 pub mod imex;
 pub mod inventory;
 pub mod ldcache;

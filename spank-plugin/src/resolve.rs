@@ -146,7 +146,7 @@ pub fn node_table(
         } else {
             d.unique_id
                 .as_deref()
-                .and_then(|u| gres_oci::inventory::valid_prefixed_uuid(u, "MIG-"))
+                .and_then(|u| gres_oci::ids::prefixed_uuid(u, "MIG-"))
         };
         out.push(NodeGpu {
             index: d.index,

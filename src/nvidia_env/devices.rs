@@ -92,31 +92,12 @@ pub fn parse_visible_devices(
     Ok(Some(DeviceRequest::List(ids)))
 }
 
-const UUID_SHAPE: &str = "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx";
-
-/// Whether `s` is an 8-4-4-4-12 hex UUID (either case).
 fn is_uuid(s: &str) -> bool {
-    s.len() == UUID_SHAPE.len()
-        && s.bytes().zip(UUID_SHAPE.bytes()).all(|(c, shape)| {
-            if shape == b'-' {
-                c == b'-'
-            } else {
-                c.is_ascii_hexdigit()
-            }
-        })
+    crate::ids::uuid_shape(s, true)
 }
 
-/// Whether `s` is a strict prefix of a UUID (what pre-2019 NVIDIA accepted after `GPU-`).
 fn is_uuid_prefix(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() < UUID_SHAPE.len()
-        && s.bytes().zip(UUID_SHAPE.bytes()).all(|(c, shape)| {
-            if shape == b'-' {
-                c == b'-'
-            } else {
-                c.is_ascii_hexdigit()
-            }
-        })
+    crate::ids::uuid_shape(s, false)
 }
 
 /// `prefix` at the start of `s`, ASCII case-insensitively; returns the rest.
@@ -132,13 +113,6 @@ fn decimal_u32(s: &str) -> Option<u32> {
         return None;
     }
     s.parse().ok()
-}
-
-fn hex_field(s: &str, max_len: usize) -> Option<u32> {
-    if s.is_empty() || s.len() > max_len || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    u32::from_str_radix(s, 16).ok()
 }
 
 /// One device id in the CLI's grammar: full `GPU-<uuid>`, PCI bus id `domain:bus:dev[.0]`,
@@ -216,25 +190,10 @@ pub fn parse_device_id(item: &str) -> Result<DeviceId, EnvError> {
 /// Normalised to NVML's `%08x:%02x:%02x.0`, lower case, as the CLI does since 2020.
 fn parse_pci(item: &str) -> Result<String, &'static str> {
     const SHAPE: &str = "not a PCI bus id (expected domain:bus:device.0 in hex, e.g. 0000:1b:00.0)";
-    let mut parts = item.splitn(3, ':');
-    let (domain, bus, rest) = match (parts.next(), parts.next(), parts.next()) {
-        (Some(d), Some(b), Some(r)) => (d, b, r),
-        _ => return Err(SHAPE),
-    };
-    // The CLI's sscanf stops before the function, so `dddd:bb:dd` works there too.
-    let (dev, func) = match rest.split_once('.') {
-        Some((d, f)) => (d, Some(f)),
-        None => (rest, None),
-    };
-    let (Some(domain), Some(bus), Some(dev)) =
-        (hex_field(domain, 8), hex_field(bus, 2), hex_field(dev, 2))
-    else {
-        return Err(SHAPE);
-    };
-    match func.map(|f| hex_field(f, 1)) {
-        None | Some(Some(0)) => {}
-        Some(Some(_)) => return Err("a GPU is always PCI function 0"),
-        Some(None) => return Err(SHAPE),
+    match crate::ids::PciAddr::parse(item) {
+        Some(a) if a.domain.is_none() => Err(SHAPE),
+        Some(a) if a.function.is_some_and(|f| f != 0) => Err("a GPU is always PCI function 0"),
+        Some(a) => Ok(a.canonical()),
+        None => Err(SHAPE),
     }
-    Ok(format!("{domain:08x}:{bus:02x}:{dev:02x}.0"))
 }
