@@ -246,15 +246,11 @@ fn slurm_path(path: &str) -> Option<(u32, String, Option<u32>, String)> {
 /// Two lines that name different steps or tasks.
 pub fn step_from_cgroups(proc_pid_cgroup: &str) -> Result<Option<StepRef>, AllocationError> {
     let mut found: Option<StepRef> = None;
-    for line in proc_pid_cgroup.lines() {
-        let mut f = line.splitn(3, ':');
-        let (Some(_), Some(ctrls), Some(path)) = (f.next(), f.next(), f.next()) else {
-            continue;
-        };
+    for (ctrls, path) in crate::proc_cgroup::entries(proc_pid_cgroup) {
         let Some((job, step, task, prefix)) = slurm_path(path) else {
             continue;
         };
-        let devices = ctrls.split(',').any(|c| c == "devices").then_some(prefix);
+        let devices = ctrls.has("devices").then_some(prefix);
         let here = StepRef {
             job,
             step,

@@ -40,6 +40,17 @@ pub enum Ldconfig {
     Disabled,
 }
 
+/// The host binary to run for the configured ldconfig `path`: Ubuntu's `/sbin/ldconfig` is a
+/// shell wrapper around `ldconfig.real`, which is taken instead where `exists` says it is there.
+pub fn host_ldconfig_binary(path: &Path, exists: impl Fn(&Path) -> bool) -> PathBuf {
+    let real = PathBuf::from(format!("{}.real", path.display()));
+    if path == Path::new("/sbin/ldconfig") && exists(&real) {
+        real
+    } else {
+        path.to_owned()
+    }
+}
+
 /// The policy for containers that are not in a Slurm step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -369,6 +380,25 @@ fn parse_ldconfig(v: &str) -> Result<Ldconfig, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ldconfig_real_only_behind_the_sbin_wrapper() {
+        let yes = |_: &Path| true;
+        let no = |_: &Path| false;
+        let p = |s: &str| PathBuf::from(s);
+        assert_eq!(
+            host_ldconfig_binary(&p("/sbin/ldconfig"), yes),
+            p("/sbin/ldconfig.real")
+        );
+        assert_eq!(
+            host_ldconfig_binary(&p("/sbin/ldconfig"), no),
+            p("/sbin/ldconfig")
+        );
+        assert_eq!(
+            host_ldconfig_binary(&p("/usr/sbin/ldconfig"), yes),
+            p("/usr/sbin/ldconfig")
+        );
+    }
 
     fn parse(s: &str) -> Result<Config, ConfigError> {
         Config::parse(s, Path::new("/etc/gres-oci/config.toml"))

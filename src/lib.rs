@@ -18,6 +18,7 @@ pub mod ldcache;
 pub mod nodes;
 pub mod nvidia_env;
 pub mod plan;
+pub mod proc_cgroup;
 pub mod proc_mask;
 pub mod request;
 

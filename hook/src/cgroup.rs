@@ -18,11 +18,7 @@ pub enum DeviceCgroup {
 /// Finds the v1 `devices` directory of a process from `/proc/<pid>/cgroup` and the
 /// `mountinfo` of this process.
 pub fn locate(cgroup_file: &str, mountinfo: &str) -> Result<DeviceCgroup> {
-    let Some(rel) = cgroup_file.lines().find_map(|l| {
-        let mut f = l.splitn(3, ':');
-        let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
-        ctrls.split(',').any(|c| c == "devices").then_some(path)
-    }) else {
+    let Some(rel) = gres_oci::proc_cgroup::v1_path(cgroup_file, "devices") else {
         return Ok(DeviceCgroup::V2);
     };
     for line in mountinfo.lines() {

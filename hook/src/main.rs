@@ -293,16 +293,9 @@ fn apply_plan(config: &Config, plan: &Plan, pid: i32, bundle: &state::Bundle) ->
         }
     }
     let ldconfig_fd = match (&config.ldconfig, &plan.ldcache) {
-        (Ldconfig::Host(p), Some(_)) => {
-            // Ubuntu's /sbin/ldconfig is a shell wrapper around ldconfig.real.
-            let real = PathBuf::from(format!("{}.real", p.display()));
-            let p = if p == Path::new("/sbin/ldconfig") && real.exists() {
-                real
-            } else {
-                p.clone()
-            };
-            Some(ns::open_host_binary(&p)?)
-        }
+        (Ldconfig::Host(p), Some(_)) => Some(ns::open_host_binary(
+            &gres_oci::config::host_ldconfig_binary(p, Path::exists),
+        )?),
         _ => None,
     };
     let ops = gres_oci::plan::ops(plan, |p| p.is_dir());

@@ -126,13 +126,7 @@ pub fn run(rest: &[String]) -> Result<()> {
     let ldconfig = if args.folders.is_empty() {
         None
     } else {
-        // Ubuntu's /sbin/ldconfig is a shell wrapper around ldconfig.real.
-        let real = PathBuf::from(format!("{}.real", args.ldconfig.display()));
-        let p = if args.ldconfig == Path::new("/sbin/ldconfig") && real.exists() {
-            real
-        } else {
-            args.ldconfig.clone()
-        };
+        let p = gres_oci::config::host_ldconfig_binary(&args.ldconfig, Path::exists);
         Some((crate::ns::open_host_binary(&p)?, p))
     };
     let bundle = bundle_dir(std::io::stdin().lock())?;

@@ -289,14 +289,8 @@ fn devices_constrained() -> Option<bool> {
 
 /// [`devices_constrained`] on the text of `/proc/self/cgroup`.
 fn constrained_in(proc_self_cgroup: &str) -> Option<bool> {
-    proc_self_cgroup.lines().find_map(|l| {
-        let mut parts = l.splitn(3, ':');
-        let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
-        ctrls
-            .split(',')
-            .any(|c| c == "devices")
-            .then(|| path.split('/').any(|seg| seg.starts_with("job_")))
-    })
+    gres_oci::proc_cgroup::v1_path(proc_self_cgroup, "devices")
+        .map(|path| path.split('/').any(|seg| seg.starts_with("job_")))
 }
 
 impl GresOci {
