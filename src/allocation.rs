@@ -594,28 +594,14 @@ pub fn ensure_state_dir(state_dir: &Path) -> Result<(), AllocationError> {
 /// # Errors
 /// The directory cannot be made or is unsafe, or the write fails.
 pub fn write_record(state_dir: &Path, record: &Record) -> Result<(), AllocationError> {
-    use std::os::unix::fs::OpenOptionsExt;
     ensure_state_dir(state_dir)?;
     let path = state_dir.join(record.file_name());
-    let tmp = state_dir.join(format!(".{}.{}", record.file_name(), std::process::id()));
     let bytes = serde_json::to_vec(record).map_err(|e| AllocationError::Format {
         path: path.clone(),
         message: e.to_string(),
     })?;
-    let write = || -> std::io::Result<()> {
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        std::io::Write::write_all(&mut f, &bytes)?;
-        std::fs::rename(&tmp, &path)
-    };
-    write().map_err(|source| {
-        let _ = std::fs::remove_file(&tmp);
-        AllocationError::Write { path, source }
-    })
+    crate::atomic::replace(&path, &bytes, 0o600, None)
+        .map_err(|source| AllocationError::Write { path, source })
 }
 
 /// Removes every record of `job`.`step` owned by `stepd_pid` (the step is ending).

@@ -4,6 +4,7 @@
 //! [`plan::Plan`]; the binaries only gather those inputs and carry the plan out.
 
 pub mod allocation;
+pub mod atomic;
 pub mod cdi;
 pub mod config;
 pub mod cudacompat;

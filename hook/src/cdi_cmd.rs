@@ -275,7 +275,9 @@ fn emit(spec: &cdi::Spec, format: &str, output: Option<&str>) -> Result<()> {
         cdi::to_json(spec)?
     };
     match output {
-        Some(out) => write_atomically(Path::new(out), text.as_bytes()),
+        // Whole or not at all: a runtime watching the CDI dir never reads half a spec.
+        Some(out) => gres_oci::atomic::replace(Path::new(out), text.as_bytes(), 0o644, None)
+            .with_context(|| format!("{out}: cannot write")),
         None => {
             std::io::stdout()
                 .write_all(text.as_bytes())
@@ -283,41 +285,6 @@ fn emit(spec: &cdi::Spec, format: &str, output: Option<&str>) -> Result<()> {
             Ok(())
         }
     }
-}
-
-/// Writes `path` through a temporary file in the same directory, then renames it over: a
-/// runtime that watches the CDI directory never reads half a spec.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let name = path
-        .file_name()
-        .with_context(|| format!("{}: not a file name", path.display()))?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let result = (|| -> Result<()> {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&tmp)
-            .with_context(|| format!("{}: cannot create", tmp.display()))?;
-        file.write_all(bytes)
-            .and_then(|()| file.sync_all())
-            .with_context(|| format!("{}: cannot write", tmp.display()))?;
-        std::fs::rename(&tmp, path)
-            .with_context(|| format!("{}: cannot replace", path.display()))?;
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 fn validate(file: &Path) -> Result<()> {
@@ -366,17 +333,6 @@ mod tests {
         assert!(Flags::parse(&args(&["--bogus"]), &["link"], &[]).is_err());
         assert!(Flags::parse(&args(&["--link"]), &["link"], &[]).is_err());
         assert!(Flags::parse(&args(&["--help=1"]), &[], &["help"]).is_err());
-    }
-
-    #[test]
-    fn atomic_write_replaces() {
-        let t = tempfile::tempdir().unwrap();
-        let p = t.path().join("spec.json");
-        std::fs::write(&p, "old").unwrap();
-        write_atomically(&p, b"new").unwrap();
-        assert_eq!(std::fs::read_to_string(&p).unwrap(), "new");
-        assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1);
-        assert!(write_atomically(&t.path().join("no/such/dir/x"), b"x").is_err());
     }
 
     #[test]

@@ -22,8 +22,7 @@
 //! the container can only use the nodes runc creates, those the hook injects, and the ones its
 //! rootfs already holds, and the task cgroup still denies the GPUs of other steps.
 
-use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
@@ -279,31 +278,9 @@ pub fn replace_atomically(path: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
         source,
     };
     let meta = std::fs::metadata(path).map_err(werr)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.gres-oci.{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
-            std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()))?;
-        }
-        drop(f);
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(werr(e));
-    }
-    Ok(())
+    // SAFETY: geteuid has no preconditions.
+    let owner = (unsafe { libc::geteuid() } == 0).then(|| (meta.uid(), meta.gid()));
+    gres_oci::atomic::replace(path, bytes, meta.mode() & 0o7777, owner).map_err(werr)
 }
 
 #[cfg(test)]
@@ -445,7 +422,11 @@ mod tests {
         assert!(patch_dir(d.path(), 42, &full_patch()).unwrap().is_none());
 
         std::fs::write(&path, serde_json::to_vec(&slurm_config()).unwrap()).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o750)).unwrap();
+        std::fs::set_permissions(
+            &path,
+            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o750),
+        )
+        .unwrap();
         std::fs::write(d.path().join("environment"), b"A=b\0").unwrap();
         assert!(patch_dir(d.path(), 7, &full_patch()).unwrap().is_none());
         let ch = patch_dir(d.path(), 42, &full_patch()).unwrap().unwrap();
