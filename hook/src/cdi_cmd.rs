@@ -2,7 +2,6 @@
 //! (gathered as the prestart hook gathers them), and checks a spec file against the CDI
 //! schema of the version it declares.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -14,6 +13,7 @@ use gres_oci::fabric::Fabric;
 use gres_oci::inventory::{read_mig_minors, scan_dev_root};
 use gres_oci::nvidia_env::{parse_capabilities, Capability};
 
+use crate::cli::Flags;
 use crate::gather;
 
 pub const USAGE: &str = "\
@@ -41,72 +41,6 @@ validate  check FILE (JSON or YAML) against the CDI schema of the cdiVersion it 
 Specs are read by podman from /etc/cdi and /var/run/cdi; podman 4.x reads cdiVersion up to
 0.5.0 only.
 ";
-
-/// Subcommand arguments: `--name value`, `--name=value`, switches and positionals. Unknown
-/// flags are errors.
-pub struct Flags {
-    pub values: BTreeMap<String, Vec<String>>,
-    pub switches: Vec<String>,
-    pub positional: Vec<String>,
-}
-
-impl Flags {
-    /// # Errors
-    /// An unknown flag, or a flag without its value.
-    pub fn parse(rest: &[String], with_value: &[&str], switches: &[&str]) -> Result<Flags> {
-        let mut f = Flags {
-            values: BTreeMap::new(),
-            switches: Vec::new(),
-            positional: Vec::new(),
-        };
-        let mut it = rest.iter();
-        while let Some(a) = it.next() {
-            let Some(flag) = a.strip_prefix("--").or_else(|| a.strip_prefix('-')) else {
-                f.positional.push(a.clone());
-                continue;
-            };
-            if flag.is_empty() {
-                f.positional.extend(it.by_ref().cloned());
-                break;
-            }
-            let (name, inline) = match flag.split_once('=') {
-                Some((n, v)) => (n, Some(v.to_owned())),
-                None => (flag, None),
-            };
-            if with_value.contains(&name) {
-                let v = match inline {
-                    Some(v) => v,
-                    None => it
-                        .next()
-                        .cloned()
-                        .with_context(|| format!("--{name} needs a value"))?,
-                };
-                f.values.entry(name.to_owned()).or_default().push(v);
-            } else if switches.contains(&name) && inline.is_none() {
-                f.switches.push(name.to_owned());
-            } else {
-                bail!("unknown flag: {a}");
-            }
-        }
-        Ok(f)
-    }
-
-    /// The last value given for `name`.
-    pub fn last(&self, name: &str) -> Option<&str> {
-        self.values
-            .get(name)
-            .and_then(|v| v.last())
-            .map(String::as_str)
-    }
-
-    pub fn all(&self, name: &str) -> &[String] {
-        self.values.get(name).map_or(&[], Vec::as_slice)
-    }
-
-    pub fn has(&self, name: &str) -> bool {
-        self.switches.iter().any(|s| s == name)
-    }
-}
 
 /// `cdi …`; `global_config` is the `-config=` given before the command.
 ///
@@ -305,35 +239,6 @@ fn validate(file: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn args(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn flag_forms() {
-        let f = Flags::parse(
-            &args(&[
-                "--link",
-                "a::b",
-                "--link=c::d",
-                "-folder",
-                "/x",
-                "pos",
-                "--help",
-            ]),
-            &["link", "folder"],
-            &["help"],
-        )
-        .unwrap();
-        assert_eq!(f.all("link"), ["a::b", "c::d"]);
-        assert_eq!(f.last("folder"), Some("/x"));
-        assert_eq!(f.positional, ["pos"]);
-        assert!(f.has("help"));
-        assert!(Flags::parse(&args(&["--bogus"]), &["link"], &[]).is_err());
-        assert!(Flags::parse(&args(&["--link"]), &["link"], &[]).is_err());
-        assert!(Flags::parse(&args(&["--help=1"]), &[], &["help"]).is_err());
-    }
 
     #[test]
     fn validate_reports_the_file_and_field() {

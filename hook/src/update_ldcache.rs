@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use crate::apply::{RealSys, Sys};
-use crate::cdi_cmd::Flags;
+use crate::cli::Flags;
 
 pub const USAGE: &str = "\
 Usage: gres-oci-hook update-ldcache [--link PATH::TARGET]... [--folder DIR]... [--ldconfig PATH]
