@@ -335,6 +335,34 @@ pub fn devices_list_allows(text: &str, major: u32, minor: u32) -> bool {
     })
 }
 
+/// The plugin's per-task list from a task's `/proc/<pid>/environ` (NUL-separated), as
+/// slurmstepd handed it to the task at exec; `None` when absent or malformed. It only ever
+/// narrows within the grant, so a user who re-execs with other values gains nothing.
+pub fn task_gpus_from_environ(environ: &[u8]) -> Option<Vec<PhysicalId>> {
+    let prefix = format!("{}=", crate::request::GPUS_VAR);
+    let value = environ
+        .split(|b| *b == 0)
+        .find_map(|e| e.strip_prefix(prefix.as_bytes()))?;
+    std::str::from_utf8(value)
+        .ok()?
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(PhysicalId::parse)
+        .collect::<Result<Vec<_>, _>>()
+        .ok()
+}
+
+/// Whether a container needs NVML's list of MIG devices to be planned: its step holds MIG
+/// slices (`granted`) and it asks for some GPU.
+pub fn needs_mig_listing(request: &crate::request::Request, granted: &[PhysicalId]) -> bool {
+    !matches!(
+        request.devices,
+        crate::request::Devices::Nvidia(crate::nvidia_env::DeviceRequest::None)
+    ) && granted
+        .iter()
+        .any(|id| matches!(id, PhysicalId::Mig { .. }))
+}
+
 /// The GPUs a container in a Slurm step may have: those of `inventory` the records grant,
 /// narrowed to its task's own when the task's environment names them (`task`, the plugin's
 /// per-task `GRES_OCI_GPUS`, which only ever narrows within the grant), and to those the task's
@@ -846,6 +874,35 @@ mod tests {
         );
         proc_entry(t.path(), 96, 1, "ctr", 1000, "ctr");
         assert_eq!(identify(t.path(), 96).unwrap(), None);
+    }
+
+    #[test]
+    fn task_list_from_environ() {
+        let env =
+            b"PATH=/bin\0GRES_OCI_GPUS=GPU-3f9a2c1e-7b44-5d0e-9a1b-2c3d4e5f6a70,minor:3\0X=1\0";
+        assert_eq!(task_gpus_from_environ(env).unwrap().len(), 2);
+        assert_eq!(task_gpus_from_environ(b"PATH=/bin\0"), None);
+        assert_eq!(task_gpus_from_environ(b"GRES_OCI_GPUS=bogus\0"), None);
+        assert_eq!(task_gpus_from_environ(b"GRES_OCI_GPUS=\xff\0"), None);
+        assert_eq!(task_gpus_from_environ(b"GRES_OCI_GPUS=\0"), Some(vec![]));
+    }
+
+    #[test]
+    fn mig_listing_only_for_mig_grants_and_gpu_requests() {
+        let req = |v: &str| {
+            let env = vec![format!("NVIDIA_VISIBLE_DEVICES={v}")];
+            crate::request::Request::from_env(
+                &crate::request::env_map(&env).unwrap(),
+                &crate::config::Config::default(),
+            )
+            .unwrap()
+        };
+        let mig = [PhysicalId::parse("mig:0/21/22").unwrap()];
+        let whole = [PhysicalId::parse("minor:0").unwrap()];
+        assert!(needs_mig_listing(&req("all").unwrap(), &mig));
+        assert!(!needs_mig_listing(&req("all").unwrap(), &whole));
+        // `none`: the driver files without any GPU.
+        assert!(!needs_mig_listing(&req("none").unwrap(), &mig));
     }
 
     #[test]

@@ -40,6 +40,22 @@ pub enum Ldconfig {
     Disabled,
 }
 
+impl OutsideSlurm {
+    /// Why a container in no Slurm job gets no GPU under this policy, or `None` when it may
+    /// have what it asks for. `deployed`: the plugin's `state_dir` exists on this node.
+    pub fn refusal(self, state_dir: &Path, deployed: bool) -> Option<String> {
+        match self {
+            OutsideSlurm::Allow => None,
+            OutsideSlurm::Auto if !deployed => None,
+            OutsideSlurm::Auto => Some(format!(
+                "this node runs gres-oci's Slurm plugin ({} exists)",
+                state_dir.display()
+            )),
+            OutsideSlurm::Deny => Some("the node's policy (outside-slurm = \"deny\")".into()),
+        }
+    }
+}
+
 /// The host binary to run for the configured ldconfig `path`: Ubuntu's `/sbin/ldconfig` is a
 /// shell wrapper around `ldconfig.real`, which is taken instead where `exists` says it is there.
 pub fn host_ldconfig_binary(path: &Path, exists: impl Fn(&Path) -> bool) -> PathBuf {
@@ -380,6 +396,21 @@ fn parse_ldconfig(v: &str) -> Result<Ldconfig, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outside_slurm_policy() {
+        let d = Path::new("/run/gres-oci");
+        assert_eq!(OutsideSlurm::Allow.refusal(d, true), None);
+        assert_eq!(OutsideSlurm::Auto.refusal(d, false), None);
+        assert_eq!(
+            OutsideSlurm::Auto.refusal(d, true).unwrap(),
+            "this node runs gres-oci's Slurm plugin (/run/gres-oci exists)"
+        );
+        assert_eq!(
+            OutsideSlurm::Deny.refusal(d, false).unwrap(),
+            "the node's policy (outside-slurm = \"deny\")"
+        );
+    }
 
     #[test]
     fn ldconfig_real_only_behind_the_sbin_wrapper() {

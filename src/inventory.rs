@@ -79,6 +79,8 @@ pub enum InventoryError {
     Format { path: PathBuf, message: String },
     #[error("NVML ({library}): {message}")]
     Nvml { library: String, message: String },
+    #[error("libnvidia-ml.so.1 not found in {}", .cache.display())]
+    NoNvmlLibrary { cache: PathBuf },
 }
 
 /// Normalises a PCI bus id to `dddddddd:bb:dd.f`, lower-case; `None` if it is not one. The

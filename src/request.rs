@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use crate::config::Config;
-use crate::inventory::{normalize_pci_bus_id, Gpu, Inventory, Mig};
+use crate::inventory::{normalize_pci_bus_id, Gpu, Inventory, InventoryError, Mig};
 use crate::nvidia_env::{
     go_bool_true, is_legacy_image, parse_capabilities, parse_visible_devices,
     requirements_from_env, Capabilities, DeviceId, DeviceRequest, EnvError, Requirement,
@@ -360,6 +360,65 @@ fn device_id_text(id: &DeviceId) -> String {
     }
 }
 
+/// Why no inventory answers a request.
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryChoiceError {
+    /// Only NVML can answer (`why`), and it does not.
+    #[error("{why}")]
+    NeedsNvml {
+        why: &'static str,
+        #[source]
+        source: InventoryError,
+    },
+    #[error("no GPU inventory ({procfs})")]
+    Neither {
+        procfs: InventoryError,
+        #[source]
+        nvml: InventoryError,
+    },
+}
+
+/// The inventory for `request` (`None`: every fact, as `info` and CDI want): procfs when it
+/// can answer, else NVML, read only then (`nvml`: it costs up to ~0.5 s per GPU without
+/// persistence mode). `mig_grant`: the container's Slurm step holds MIG devices, which only
+/// NVML lists. Without NVML, procfs still serves requests that need no NVML-only facts; the
+/// plan then fails on what it lacks (an unknown UUID) with a precise message.
+///
+/// # Errors
+/// Neither source works, or NVML does not where only NVML can answer: requirements on cuda,
+/// arch or brand (judged on procfs, their unknown values would count as satisfied) and MIG
+/// grants (`all` would quietly select none of the step's MIG devices).
+pub fn choose_inventory(
+    procfs: Result<Inventory, InventoryError>,
+    request: Option<&Request>,
+    mig_grant: bool,
+    nvml: impl FnOnce() -> Result<Inventory, InventoryError>,
+) -> Result<Inventory, InventoryChoiceError> {
+    if let Ok(inv) = &procfs {
+        if !mig_grant && request.is_some_and(|r| r.procfs_suffices(inv)) {
+            return Ok(inv.clone());
+        }
+    }
+    let needs_nvml_facts =
+        request.is_some_and(|r| r.requirements.iter().any(|q| q.needs_nvml_facts()));
+    match (nvml(), procfs) {
+        (Ok(inv), _) => Ok(inv),
+        (Err(source), Ok(_)) if needs_nvml_facts => Err(InventoryChoiceError::NeedsNvml {
+            why: "the container's NVIDIA_REQUIRE_* conditions need NVML",
+            source,
+        }),
+        (Err(source), Ok(_)) if mig_grant => Err(InventoryChoiceError::NeedsNvml {
+            why: "the step's MIG devices need NVML",
+            source,
+        }),
+        (Err(e), Ok(inv)) => {
+            tracing::debug!(error = %e, "NVML unavailable, using procfs");
+            Ok(inv)
+        }
+        (Err(nvml), Err(procfs)) => Err(InventoryChoiceError::Neither { procfs, nvml }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -454,5 +513,69 @@ mod tests {
             let e = req(env).unwrap_err().to_string();
             assert!(e.contains(needle), "{env:?}: {e}");
         }
+    }
+
+    fn inventory_from(source: crate::inventory::Source) -> Inventory {
+        Inventory {
+            source,
+            driver_version: "550.54.15".into(),
+            cuda_version: None,
+            gpus: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn procfs_first_nvml_only_when_needed() {
+        use crate::inventory::Source;
+        let procfs = || Ok(inventory_from(Source::Procfs));
+        let nvml_ok = || Ok(inventory_from(Source::Nvml));
+        let no_nvml = || {
+            Err(InventoryError::NoNvmlLibrary {
+                cache: "/d/etc/ld.so.cache".into(),
+            })
+        };
+        let broken = || {
+            Err(InventoryError::Format {
+                path: "/p/version".into(),
+                message: "x".into(),
+            })
+        };
+        let plain = req(&["NVIDIA_VISIBLE_DEVICES=0"]).unwrap().unwrap();
+        let cuda = req(&["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_REQUIRE_CUDA=cuda>=12.0"])
+            .unwrap()
+            .unwrap();
+        let src = |r: Result<Inventory, InventoryChoiceError>| r.map(|i| i.source);
+        // Procfs answers; NVML is not even loaded.
+        let never = || -> Result<Inventory, InventoryError> { panic!("NVML loaded") };
+        assert_eq!(
+            src(choose_inventory(procfs(), Some(&plain), false, never)).unwrap(),
+            Source::Procfs
+        );
+        // Requirements on cuda, MIG grants, `info`: NVML, and without it an error or procfs.
+        assert_eq!(
+            src(choose_inventory(procfs(), Some(&cuda), false, nvml_ok)).unwrap(),
+            Source::Nvml
+        );
+        let e = choose_inventory(procfs(), Some(&cuda), false, no_nvml).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the container's NVIDIA_REQUIRE_* conditions need NVML"
+        );
+        let e = choose_inventory(procfs(), Some(&plain), true, no_nvml).unwrap_err();
+        assert_eq!(e.to_string(), "the step's MIG devices need NVML");
+        assert_eq!(
+            src(choose_inventory(procfs(), None, false, no_nvml)).unwrap(),
+            Source::Procfs
+        );
+        assert_eq!(
+            src(choose_inventory(broken(), Some(&plain), false, nvml_ok)).unwrap(),
+            Source::Nvml
+        );
+        let e = choose_inventory(broken(), None, false, no_nvml).unwrap_err();
+        assert_eq!(e.to_string(), "no GPU inventory (/p/version: x)");
+        assert!(std::error::Error::source(&e)
+            .unwrap()
+            .to_string()
+            .starts_with("libnvidia-ml.so.1 not found"));
     }
 }

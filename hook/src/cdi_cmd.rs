@@ -10,7 +10,7 @@ use gres_oci::cdi::{self, CdiOptions};
 use gres_oci::config::{Config, CudaCompatMode, Ldconfig};
 use gres_oci::driver::{DriverFiles, DriverRoot};
 use gres_oci::fabric::Fabric;
-use gres_oci::inventory::{read_mig_minors, scan_dev_root};
+use gres_oci::inventory::scan_dev_root;
 use gres_oci::nvidia_env::{parse_capabilities, Capability};
 
 use crate::cli::Flags;
@@ -170,15 +170,13 @@ fn generate(global_config: Option<&Path>, f: &Flags) -> Result<()> {
         bail!("--hook-path {}: must be absolute", hook_path.display());
     }
 
-    let cache = gather::driver_cache(&config)?;
-    let inv = gather::inventory(&config, &cache, None, false)?;
+    let gather::NodeFacts {
+        cache,
+        inv,
+        devices,
+        mig_minors,
+    } = gather::node_facts(&config, None, false)?;
     let driver = DriverRoot::new(&config, &cache, &inv.driver_version).discover(&capabilities);
-    let devices = scan_dev_root(&config.dev_root)?;
-    let mig_minors = if inv.gpus.iter().any(|g| !g.migs.is_empty()) {
-        read_mig_minors(&config.proc_root)?
-    } else {
-        Default::default()
-    };
     let defaults = CdiOptions::default();
     let compat = config.cuda_compat == CudaCompatMode::Ldconfig
         && capabilities.contains(Capability::Compute);

@@ -1,21 +1,25 @@
 //! Gathers the plan's inputs from the host and the bundle: the request from config.json, the
 //! GPU inventory (procfs first, NVML only when needed), the driver files and device nodes.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use gres_oci::allocation::{allowed_gpus, identify, narrow, Grant, StepRef};
-use gres_oci::config::CudaCompatMode;
-use gres_oci::config::{Config, OutsideSlurm};
+use gres_oci::allocation::{
+    allowed_gpus, identify, narrow, needs_mig_listing, task_gpus_from_environ, Grant, StepRef,
+};
+use gres_oci::config::{Config, CudaCompatMode};
 use gres_oci::cudacompat::{self, CompatLibs};
 use gres_oci::driver::{resolve_in, DriverRoot};
 use gres_oci::fabric::Fabric;
-use gres_oci::inventory::{read_mig_minors, read_nvml, read_procfs, scan_dev_root, Inventory};
+use gres_oci::inventory::{
+    read_mig_minors, read_nvml, read_procfs, scan_dev_root, Inventory, InventoryError,
+};
 use gres_oci::ldcache::{native_arch, LdCache};
-use gres_oci::nvidia_env::{Capability, DeviceRequest};
-use gres_oci::plan::{plan, Allocation, Inputs, Layout, Plan};
+use gres_oci::nvidia_env::Capability;
+use gres_oci::plan::{plan, Allocation, HostDevices, Inputs, Layout, Plan};
 use gres_oci::proc_mask::{HostFile, HostProcDriver};
-use gres_oci::request::{env_map, Devices, PhysicalId, Request, GPUS_VAR};
+use gres_oci::request::{choose_inventory, env_map, PhysicalId, Request};
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 use crate::state::Bundle;
@@ -40,8 +44,8 @@ pub fn nvml_library(config: &Config, cache: &LdCache) -> Option<PathBuf> {
         .find_map(|e| resolve_in(&config.driver_root, Path::new(&e.value)))
 }
 
-/// The inventory for `request`: procfs when it can answer, else NVML. `mig_grant`: the
-/// container's Slurm step holds MIG devices, which only NVML lists.
+/// The inventory for `request` (see [`choose_inventory`]): procfs when it can answer, else
+/// NVML, loaded only then. `mig_grant`: the container's Slurm step holds MIG devices.
 ///
 /// # Errors
 /// Neither source works, or NVML does not where only NVML can answer.
@@ -51,39 +55,53 @@ pub fn inventory(
     request: Option<&Request>,
     mig_grant: bool,
 ) -> Result<Inventory> {
-    let procfs = read_procfs(&config.proc_root);
-    if let Ok(inv) = &procfs {
-        if !mig_grant && request.is_some_and(|r| r.procfs_suffices(inv)) {
-            return Ok(inv.clone());
-        }
-    }
-    let lib = nvml_library(config, cache);
-    let nvml = match &lib {
-        Some(l) => read_nvml(l).map_err(anyhow::Error::from),
-        None => Err(anyhow::anyhow!(
-            "libnvidia-ml.so.1 not found in {}",
-            config.driver_root.join("etc/ld.so.cache").display()
-        )),
+    let nvml = || match nvml_library(config, cache) {
+        Some(l) => read_nvml(&l),
+        None => Err(InventoryError::NoNvmlLibrary {
+            cache: config.driver_root.join("etc/ld.so.cache"),
+        }),
     };
-    // Requirements on cuda, arch or brand can only be judged with NVML's facts: judging them
-    // on procfs would count the unknown values as satisfied and let the container through.
-    let needs_nvml_facts =
-        request.is_some_and(|r| r.requirements.iter().any(|q| q.needs_nvml_facts()));
-    match (nvml, procfs) {
-        (Ok(inv), _) => Ok(inv),
-        (Err(e), Ok(_)) if needs_nvml_facts => {
-            Err(e.context("the container's NVIDIA_REQUIRE_* conditions need NVML"))
-        }
-        // Otherwise `all` would quietly select none of the step's MIG devices.
-        (Err(e), Ok(_)) if mig_grant => Err(e.context("the step's MIG devices need NVML")),
-        // Without NVML, procfs still serves requests that need no NVML-only facts; the plan
-        // then fails on what it lacks (an unknown UUID) with a precise message.
-        (Err(e), Ok(inv)) => {
-            tracing::debug!(error = %format!("{e:#}"), "NVML unavailable, using procfs");
-            Ok(inv)
-        }
-        (Err(n), Err(p)) => Err(n.context(format!("no GPU inventory ({p})"))),
-    }
+    Ok(choose_inventory(
+        read_procfs(&config.proc_root),
+        request,
+        mig_grant,
+        nvml,
+    )?)
+}
+
+/// What the node has, for a plan or a CDI spec: the driver root's linker cache, the GPU
+/// inventory, the dev root's nodes and, where a GPU has MIG devices, the driver's
+/// `mig-minors`.
+pub struct NodeFacts {
+    pub cache: LdCache,
+    pub inv: Inventory,
+    pub devices: HostDevices,
+    pub mig_minors: BTreeMap<String, u32>,
+}
+
+/// Gathers [`NodeFacts`]; `request` and `mig_grant` as for [`inventory`].
+///
+/// # Errors
+/// A source that cannot be read.
+pub fn node_facts(
+    config: &Config,
+    request: Option<&Request>,
+    mig_grant: bool,
+) -> Result<NodeFacts> {
+    let cache = driver_cache(config)?;
+    let inv = inventory(config, &cache, request, mig_grant)?;
+    let devices = scan_dev_root(&config.dev_root)?;
+    let mig_minors = if inv.gpus.iter().any(|g| !g.migs.is_empty()) {
+        read_mig_minors(&config.proc_root)?
+    } else {
+        Default::default()
+    };
+    Ok(NodeFacts {
+        cache,
+        inv,
+        devices,
+        mig_minors,
+    })
 }
 
 /// Whether the image is laid out the Debian way, read inside the rootfs without following
@@ -221,38 +239,15 @@ fn standing(config: &Config, pid: Option<i32>) -> Result<Standing> {
     let proc = Path::new("/proc");
     let Some(step) = identify(proc, pid)? else {
         let deployed = config.state_dir.exists();
-        let why = match config.outside_slurm {
-            OutsideSlurm::Allow => None,
-            OutsideSlurm::Auto if !deployed => None,
-            OutsideSlurm::Auto => Some(format!(
-                "this node runs gres-oci's Slurm plugin ({} exists)",
-                config.state_dir.display()
-            )),
-            OutsideSlurm::Deny => Some("the node's policy (outside-slurm = \"deny\")".into()),
-        };
-        return Ok(Standing::Outside(why));
+        return Ok(Standing::Outside(
+            config.outside_slurm.refusal(&config.state_dir, deployed),
+        ));
     };
     let grant = allowed_gpus(&config.state_dir, proc, &step)?;
-    // The plugin's per-task list, as slurmstepd handed it to the task at exec. It only ever
-    // narrows within the grant, so the user's ability to re-exec with other values gains
-    // nothing.
     let task_gpus = grant
         .task_pid
         .and_then(|p| std::fs::read(proc.join(p.to_string()).join("environ")).ok())
-        .and_then(|environ| {
-            let prefix = format!("{GPUS_VAR}=");
-            environ
-                .split(|b| *b == 0)
-                .find_map(|e| e.strip_prefix(prefix.as_bytes()).map(<[u8]>::to_vec))
-        })
-        .and_then(|v| String::from_utf8(v).ok())
-        .and_then(|v| {
-            v.split(',')
-                .filter(|s| !s.is_empty())
-                .map(PhysicalId::parse)
-                .collect::<Result<Vec<_>, _>>()
-                .ok()
-        });
+        .and_then(|environ| task_gpus_from_environ(&environ));
     let devices_list = step
         .devices_cgroup
         .as_deref()
@@ -300,19 +295,16 @@ pub fn build_plan(
         return Ok(None);
     };
     let standing = standing(config, pid)?;
-    let cache = driver_cache(config)?;
-    // A step holding MIG slices needs NVML's list, unless the container asks for no GPU.
     let mig_grant = match &standing {
-        Standing::InStep { grant, .. } => {
-            !matches!(request.devices, Devices::Nvidia(DeviceRequest::None))
-                && grant
-                    .ids
-                    .iter()
-                    .any(|id| matches!(id, PhysicalId::Mig { .. }))
-        }
+        Standing::InStep { grant, .. } => needs_mig_listing(&request, &grant.ids),
         _ => false,
     };
-    let inv = inventory(config, &cache, Some(&request), mig_grant)?;
+    let NodeFacts {
+        cache,
+        inv,
+        devices,
+        mig_minors,
+    } = node_facts(config, Some(&request), mig_grant)?;
     let root = DriverRoot::new(config, &cache, &inv.driver_version);
     let mut driver = root.discover(&request.capabilities);
     if request.fabric.contains(&Fabric::Gds) {
@@ -326,12 +318,6 @@ pub fn build_plan(
     for m in &driver.missing {
         tracing::debug!(file = %m, "driver file not found");
     }
-    let devices = scan_dev_root(&config.dev_root)?;
-    let mig_minors = if inv.gpus.iter().any(|g| !g.migs.is_empty()) {
-        read_mig_minors(&config.proc_root)?
-    } else {
-        Default::default()
-    };
     let compat = match config.cuda_compat {
         CudaCompatMode::Ldconfig if request.capabilities.contains(Capability::Compute) => {
             cuda_compat(&bundle.rootfs, &inv.driver_version)
