@@ -19,9 +19,11 @@ pub mod ldcache;
 pub mod nodes;
 pub mod nvidia_env;
 pub mod plan;
+pub mod plugin_args;
 pub mod proc_cgroup;
 pub mod proc_mask;
 pub mod request;
+pub mod slurm_step;
 
 /// The `env` of every OCI hook entry gres-oci writes or ships (CDI specs, hooks.d files, the
 /// bundle patched by the plugin). runc before 1.3 runs a `createContainer` hook whose entry has

@@ -20,9 +20,7 @@
 //! container steps (`SLURM_CONTAINER`) `CUDA_VISIBLE_DEVICES` renumbered for the container plus
 //! `CUDA_DEVICE_ORDER=PCI_BUS_ID`. Host steps keep Slurm's own `CUDA_VISIBLE_DEVICES`.
 
-pub mod args;
 pub mod ffi;
-pub mod resolve;
 pub mod spool;
 
 use std::error::Error;
@@ -39,8 +37,8 @@ use gres_oci::plan::DevNum;
 use gres_oci::request::GPUS_VAR;
 use slurm_spank::{spank_log, Context, LogLevel, Plugin, SpankHandle, SpankOption};
 
-use args::{settings, Settings, SiteArgs, OPT_CAPS, OPT_ENABLE};
-use resolve::{GpuBind, GpuEnv, NodeGpu};
+use gres_oci::plugin_args::{self as args, settings, Settings, SiteArgs, OPT_CAPS, OPT_ENABLE};
+use gres_oci::slurm_step::{self as resolve, GpuBind, GpuEnv, NodeGpu};
 
 /// `SLURM_VERSION_NUMBER` of the headers found by build.rs (SLURM_INCLUDE_DIR).
 pub const SLURM_VERSION_NUMBER: u32 = parse_hex(env!("GRES_OCI_SPANK_SLURM_VERSION"));

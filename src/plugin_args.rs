@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use gres_oci::nvidia_env::parse_capability_list;
+use crate::nvidia_env::parse_capability_list;
 
 /// The option that turns gres-oci on or off for one job or step.
 pub const OPT_ENABLE: &str = "gres-oci";
@@ -172,9 +172,9 @@ mod tests {
                 .expect("a required line");
             l.split_whitespace().collect()
         };
-        let main = line(include_str!("../../slurm-conf/plugstack.conf"));
+        let main = line(include_str!("../slurm-conf/plugstack.conf"));
         let dropin = line(include_str!(
-            "../../slurm-conf/plugstack.conf.d/gres-oci.conf"
+            "../slurm-conf/plugstack.conf.d/gres-oci.conf"
         ));
         assert_eq!(main, dropin);
         assert_eq!(

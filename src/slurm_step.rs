@@ -5,7 +5,7 @@
 //! # The node's GPU table
 //!
 //! Slurm's indices (`SLURM_STEP_GPUS`, `SLURM_JOB_GPUS`) are positions in the node's GPU list
-//! (see `gres_oci::gres`). Without `AutoDetect` that list is gres.conf's `File=` order. With
+//! (see `crate::gres`). Without `AutoDetect` that list is gres.conf's `File=` order. With
 //! `AutoDetect=nvml` slurmd merges what NVML found with gres.conf and sorts the result by device
 //! file and then by the NVLink matrix, which mirrors NVML's enumeration, i.e. PCI bus order
 //! (`_merge_system_gres_conf` in Slurm 22.05's `gres_gpu.c`). So when AutoDetect is on the table
@@ -25,8 +25,8 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use gres_oci::gres::GresDevice;
-use gres_oci::inventory::{Gpu, Inventory};
+use crate::gres::GresDevice;
+use crate::inventory::{Gpu, Inventory};
 
 /// Errors of index resolution; each message names the value or file at fault.
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +83,7 @@ impl NodeGpu {
     /// device the parent's minor with its capability minors (`mig:P/C/C`), which is what
     /// Slurm's device files vouch for.
     pub fn physical_id(&self) -> String {
-        if let Some(id) = gres_oci::request::PhysicalId::mig(self.minor, self.caps.clone()) {
+        if let Some(id) = crate::request::PhysicalId::mig(self.minor, self.caps.clone()) {
             return id.to_string();
         }
         match (&self.uuid, &self.pci_bus_id) {
@@ -146,7 +146,7 @@ pub fn node_table(
         } else {
             d.unique_id
                 .as_deref()
-                .and_then(|u| gres_oci::ids::prefixed_uuid(u, "MIG-"))
+                .and_then(|u| crate::ids::prefixed_uuid(u, "MIG-"))
         };
         out.push(NodeGpu {
             index: d.index,
@@ -197,7 +197,7 @@ pub fn table_from_inventory(inv: &Inventory, dev_root: &std::path::Path) -> Vec<
 /// # Errors
 /// Garbage in the list, naming the variable and its value.
 pub fn parse_list(var: &'static str, value: &str) -> Result<Vec<usize>, ResolveError> {
-    gres_oci::gres::parse_index_list(value).map_err(|e| ResolveError::BadVariable {
+    crate::gres::parse_index_list(value).map_err(|e| ResolveError::BadVariable {
         var,
         value: value.to_owned(),
         reason: e.to_string(),
@@ -206,7 +206,7 @@ pub fn parse_list(var: &'static str, value: &str) -> Result<Vec<usize>, ResolveE
 
 /// The device files of the NICs Slurm's gres/nic gave a step: `value` is `SLURM_STEP_NICS`
 /// (or `SLURM_JOB_NICS`), which gres/nic writes as `mlx4_<number>,…` whatever the adapter,
-/// numbers as [`gres_oci::gres::GresConf::nics_for_node`] gives them for `nics`.
+/// numbers as [`crate::gres::GresConf::nics_for_node`] gives them for `nics`.
 ///
 /// # Errors
 /// A malformed list, or a number that none of the node's `Name=nic` files has.
@@ -600,8 +600,8 @@ mod tests {
     }
 
     use super::*;
-    use gres_oci::gres::GresConf;
-    use gres_oci::inventory::Source;
+    use crate::gres::GresConf;
+    use crate::inventory::Source;
     use proptest::prelude::*;
     use std::path::Path;
 
@@ -612,7 +612,7 @@ mod tests {
              GPU-00000000-0000-0000-0000-0000000000{uuid_tail:02x}\nBus Location:    {bus}\n\
              Device Minor:    {minor}\n"
         );
-        gres_oci::inventory::parse_information(&text).unwrap()
+        crate::inventory::parse_information(&text).unwrap()
     }
 
     /// fake-node.sh's default node: minors not in PCI order.
