@@ -173,9 +173,7 @@ mod tests {
             l.split_whitespace().collect()
         };
         let main = line(include_str!("../slurm-conf/plugstack.conf"));
-        let dropin = line(include_str!(
-            "../slurm-conf/plugstack.conf.d/gres-oci.conf"
-        ));
+        let dropin = line(include_str!("../slurm-conf/plugstack.conf.d/gres-oci.conf"));
         assert_eq!(main, dropin);
         assert_eq!(
             main[1], "gres-oci.so",

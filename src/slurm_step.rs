@@ -565,6 +565,117 @@ pub fn task_gpus(
     }
 }
 
+/// A task's own list within its step, from what slurmstepd gave the task: the binding
+/// (`SLURMD_TRES_BIND`), the per-task `SLURM_STEP_GPUS` and the task's node-local id. The
+/// step's list when no binding applies.
+///
+/// # Errors
+/// A malformed `SLURM_STEP_GPUS`, or a per-task list that fits neither reading.
+pub fn task_list(
+    step: &[usize],
+    node_gpus: usize,
+    bind_text: &str,
+    task_value: &str,
+    local_id: u32,
+    constrained: Option<bool>,
+) -> Result<Vec<usize>, ResolveError> {
+    let bind = GpuBind::parse(bind_text);
+    if bind.is_none() || step.is_empty() {
+        return Ok(step.to_vec());
+    }
+    let task = parse_list("SLURM_STEP_GPUS", task_value)?;
+    let usable = task_usable(&bind, step, node_gpus, local_id);
+    task_gpus(&task, step, usable.as_deref(), constrained, bind_text)
+}
+
+/// What a step or a task gets from its list, decided once: the variables it is given and the
+/// ids its allocation record holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chosen {
+    pub env: GpuEnv,
+    /// [`NodeGpu::physical_id`] of each GPU, in the list's order.
+    pub ids: Vec<String>,
+}
+
+/// [`select`] then [`gpu_env`], with the record's ids.
+///
+/// # Errors
+/// An index the node does not have.
+pub fn choose(table: &[NodeGpu], list: &[usize], node: &str) -> Result<Chosen, ResolveError> {
+    let gpus = select(table, list, node)?;
+    Ok(Chosen {
+        env: gpu_env(&gpus),
+        ids: gpus.iter().map(|g| g.physical_id()).collect(),
+    })
+}
+
+/// What shapes a step's variables besides its GPUs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StepKind<'a> {
+    /// `srun --container`: the container's own numbering and PCI order.
+    pub container: bool,
+    /// The user's `--gres-oci-caps`.
+    pub caps: Option<&'a str>,
+    /// Slurm's gres/mps share, in percent.
+    pub mps: Option<u32>,
+}
+
+/// The variables of a step or task, as (name, value) pairs in the order they are set.
+pub fn step_vars(env: &GpuEnv, kind: &StepKind) -> Vec<(String, String)> {
+    let mut out = vec![
+        (
+            crate::request::GPUS_VAR.to_owned(),
+            env.gres_oci_gpus.clone(),
+        ),
+        (
+            "NVIDIA_VISIBLE_DEVICES".to_owned(),
+            env.nvidia_visible_devices.clone(),
+        ),
+    ];
+    if kind.container {
+        if let Some(cvd) = &env.container_cvd {
+            out.push(("CUDA_VISIBLE_DEVICES".to_owned(), cvd.clone()));
+        }
+        out.push(("CUDA_DEVICE_ORDER".to_owned(), "PCI_BUS_ID".to_owned()));
+    }
+    if let Some(caps) = kind.caps {
+        out.push(("NVIDIA_DRIVER_CAPABILITIES".to_owned(), caps.to_owned()));
+    }
+    // Slurm 22.05 writes the container's config before the step's gres/mps variable exists.
+    if let (true, Some(p)) = (kind.container, kind.mps) {
+        out.push((
+            "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE".to_owned(),
+            p.to_string(),
+        ));
+    }
+    out
+}
+
+/// Slurm's special step ids, as `slurm.h` numbers them.
+pub const BATCH_STEP: u32 = 0xFFFF_FFFB;
+pub const EXTERN_STEP: u32 = 0xFFFF_FFFC;
+pub const INTERACTIVE_STEP: u32 = 0xFFFF_FFFA;
+/// Ids above this are special steps.
+pub const SPECIAL_STEPS: u32 = 0xFFFF_FFF0;
+
+/// How slurmstepd names a step in its process title (`slurmstepd: [145.batch]`), and so in
+/// the allocation records.
+pub fn step_name(step_id: u32) -> String {
+    match step_id {
+        BATCH_STEP => "batch".into(),
+        EXTERN_STEP => "extern".into(),
+        INTERACTIVE_STEP => "interactive".into(),
+        n => n.to_string(),
+    }
+}
+
+/// Whether `/proc/self/cgroup` puts the process in a Slurm job's v1 devices cgroup (Slurm's
+/// ConstrainDevices); `None` without a v1 devices hierarchy.
+pub fn devices_constrained_in(proc_self_cgroup: &str) -> Option<bool> {
+    crate::proc_cgroup::v1_path(proc_self_cgroup, "devices")
+        .map(|path| path.split('/').any(|seg| seg.starts_with("job_")))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -929,5 +1040,88 @@ mod tests {
         );
         assert!(task_gpus(&[7], &[0, 1], Some(&[1]), None, "b").is_err());
         assert!(task_gpus(&[5], &[0, 1], None, Some(false), "b").is_err());
+    }
+    #[test]
+    fn step_names_match_slurmstepd_titles() {
+        assert_eq!(step_name(0), "0");
+        assert_eq!(step_name(12), "12");
+        assert_eq!(step_name(BATCH_STEP), "batch");
+        assert_eq!(step_name(EXTERN_STEP), "extern");
+        assert_eq!(step_name(INTERACTIVE_STEP), "interactive");
+    }
+
+    #[test]
+    fn step_vars_by_kind() {
+        let env = GpuEnv {
+            gres_oci_gpus: "GPU-a,GPU-b".into(),
+            nvidia_visible_devices: "GPU-a,GPU-b".into(),
+            container_cvd: Some("1,0".into()),
+        };
+        let mut step = StepKind {
+            container: false,
+            caps: None,
+            mps: Some(25),
+        };
+        let names = |s: &StepKind| -> Vec<String> {
+            step_vars(&env, s).into_iter().map(|(k, _)| k).collect()
+        };
+        assert_eq!(
+            names(&step),
+            vec!["GRES_OCI_GPUS", "NVIDIA_VISIBLE_DEVICES"]
+        );
+        step.container = true;
+        step.caps = Some("compute");
+        assert_eq!(
+            step_vars(&env, &step),
+            vec![
+                ("GRES_OCI_GPUS".to_owned(), "GPU-a,GPU-b".to_owned()),
+                (
+                    "NVIDIA_VISIBLE_DEVICES".to_owned(),
+                    "GPU-a,GPU-b".to_owned()
+                ),
+                ("CUDA_VISIBLE_DEVICES".to_owned(), "1,0".to_owned()),
+                ("CUDA_DEVICE_ORDER".to_owned(), "PCI_BUS_ID".to_owned()),
+                (
+                    "NVIDIA_DRIVER_CAPABILITIES".to_owned(),
+                    "compute".to_owned()
+                ),
+                (
+                    "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE".to_owned(),
+                    "25".to_owned()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn constrained_devices_from_proc_self_cgroup() {
+        let v1 = "5:devices:/slurm_n1/uid_0/job_7/step_0/task_1\n4:memory:/\n";
+        assert_eq!(devices_constrained_in(v1), Some(true));
+        assert_eq!(devices_constrained_in("5:devices:/\n0::/\n"), Some(false));
+        assert_eq!(
+            devices_constrained_in("3:cpu,devices:/user.slice\n"),
+            Some(false)
+        );
+        // cgroup v2 only: no devices controller line to tell.
+        assert_eq!(
+            devices_constrained_in("0::/system.slice/slurmstepd.scope/job_7\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn task_list_and_choice() {
+        let t = table("Name=gpu File=/dev/nvidia[0-3]\n", "n");
+        // No binding: the step's list.
+        assert_eq!(task_list(&[0, 1], 4, "", "", 1, None).unwrap(), [0, 1]);
+        // map_gpu without ConstrainDevices: Slurm hands the task its global index.
+        assert_eq!(
+            task_list(&[0, 1], 4, "gpu:map_gpu:0,1", "1", 1, Some(false)).unwrap(),
+            [1]
+        );
+        assert!(task_list(&[0, 1], 4, "gpu:map_gpu:0,1", "x", 1, None).is_err());
+        let c = choose(&t, &[1], "n").unwrap();
+        assert_eq!(c.ids, [t[1].physical_id()]);
+        assert_eq!(c.env, gpu_env(&[&t[1]]));
     }
 }

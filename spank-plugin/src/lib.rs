@@ -38,7 +38,7 @@ use gres_oci::request::GPUS_VAR;
 use slurm_spank::{spank_log, Context, LogLevel, Plugin, SpankHandle, SpankOption};
 
 use gres_oci::plugin_args::{self as args, settings, Settings, SiteArgs, OPT_CAPS, OPT_ENABLE};
-use gres_oci::slurm_step::{self as resolve, GpuBind, GpuEnv, NodeGpu};
+use gres_oci::slurm_step::{self as resolve, GpuEnv, NodeGpu};
 
 /// `SLURM_VERSION_NUMBER` of the headers found by build.rs (SLURM_INCLUDE_DIR).
 pub const SLURM_VERSION_NUMBER: u32 = parse_hex(env!("GRES_OCI_SPANK_SLURM_VERSION"));
@@ -69,11 +69,7 @@ const fn parse_hex(s: &str) -> u32 {
 }
 
 /// Slurm's step id of a batch script (`SLURM_BATCH_SCRIPT`).
-const BATCH_STEP: u32 = 0xFFFF_FFFB;
-/// Slurm's step id of the interactive step (`LaunchParameters=use_interactive_step`).
-const INTERACTIVE_STEP: u32 = 0xFFFF_FFFA;
-/// Step ids above this are Slurm's special steps (extern, interactive, pending).
-const SPECIAL_STEPS: u32 = 0xFFFF_FFF0;
+use gres_oci::slurm_step::{step_name, BATCH_STEP, INTERACTIVE_STEP, SPECIAL_STEPS};
 /// The first release whose `--container` receives the final step environment.
 const FIRST_UNPATCHED: (u32, u32) = (23, 2);
 
@@ -133,6 +129,16 @@ struct Step {
     imex_channels: Vec<u32>,
     /// The step's gres/nic adapters, as device numbers (with `mofed-step-nics`).
     nics: Vec<DevNum>,
+}
+
+impl Step {
+    fn kind(&self) -> resolve::StepKind<'_> {
+        resolve::StepKind {
+            container: self.container,
+            caps: self.settings.caps.as_deref(),
+            mps: self.mps,
+        }
+    }
 }
 
 /// The plugin's state across callbacks.
@@ -282,13 +288,7 @@ fn node_gpus(config: &Config, node: &str) -> Result<Vec<NodeGpu>, PluginError> {
 /// Whether this process's devices are constrained by Slurm (cgroup v1 devices controller
 /// under a `job_N` cgroup). `None` when there is no v1 devices controller to tell.
 fn devices_constrained() -> Option<bool> {
-    constrained_in(&std::fs::read_to_string("/proc/self/cgroup").ok()?)
-}
-
-/// [`devices_constrained`] on the text of `/proc/self/cgroup`.
-fn constrained_in(proc_self_cgroup: &str) -> Option<bool> {
-    gres_oci::proc_cgroup::v1_path(proc_self_cgroup, "devices")
-        .map(|path| path.split('/').any(|seg| seg.starts_with("job_")))
+    resolve::devices_constrained_in(&std::fs::read_to_string("/proc/self/cgroup").ok()?)
 }
 
 impl GresOci {
@@ -513,44 +513,28 @@ impl GresOci {
             }
             return Ok(());
         }
-        let mut env = None;
-        if !step.batch && !step.list.is_empty() {
+        // The task's own GPUs, decided once for its variables and the spool patch.
+        let mine = if step.batch {
+            step.list.clone()
+        } else {
             let bind_text = getenv(h, "SLURMD_TRES_BIND")?.unwrap_or_default();
-            let bind = GpuBind::parse(&bind_text);
-            if !bind.is_none() {
-                let task_value = getenv(h, "SLURM_STEP_GPUS")?.unwrap_or_default();
-                let task = resolve::parse_list("SLURM_STEP_GPUS", &task_value)?;
-                let local_id = h.task_id().map_err(|e| spank_err("S_TASK_ID", e))?;
-                let usable = resolve::task_usable(
-                    &bind,
-                    &step.list,
-                    step.table.len(),
-                    u32::try_from(local_id).unwrap_or(0),
-                );
-                let mine = resolve::task_gpus(
-                    &task,
-                    &step.list,
-                    usable.as_deref(),
-                    devices_constrained(),
-                    &bind_text,
-                )?;
-                if mine != step.list {
-                    let gpus = resolve::select(&step.table, &mine, &step.node)?;
-                    let e = resolve::gpu_env(&gpus);
-                    set_env(h, &step, &e)?;
-                    env = Some(e);
-                }
-            }
+            let task_value = getenv(h, "SLURM_STEP_GPUS")?.unwrap_or_default();
+            let local_id = h.task_id().map_err(|e| spank_err("S_TASK_ID", e))?;
+            resolve::task_list(
+                &step.list,
+                step.table.len(),
+                &bind_text,
+                &task_value,
+                u32::try_from(local_id).unwrap_or(0),
+                devices_constrained(),
+            )?
+        };
+        let chosen = resolve::choose(&step.table, &mine, &step.node)?;
+        if mine != step.list {
+            set_env(h, &step, &chosen.env)?;
         }
         if step.container && needs_spool_patch(h) {
-            let env = match env {
-                Some(e) => e,
-                None => {
-                    let gpus = resolve::select(&step.table, &step.list, &step.node)?;
-                    resolve::gpu_env(&gpus)
-                }
-            };
-            let patch = self.spool_patch(&step, &env);
+            let patch = self.spool_patch(&step, &chosen.env);
             self.patch_spool(&step, &patch)?;
         }
         Ok(())
@@ -559,7 +543,7 @@ impl GresOci {
     fn spool_patch(&self, step: &Step, env: &GpuEnv) -> spool::Patch {
         let site = self.site();
         spool::Patch {
-            set_env: step_vars(step, env),
+            set_env: resolve::step_vars(env, &step.kind()),
             unset_env: if env.container_cvd.is_none() {
                 vec!["CUDA_VISIBLE_DEVICES".into()]
             } else {
@@ -636,16 +620,6 @@ fn step_nics(
         .collect()
 }
 
-/// How slurmstepd names a step in its process title (`slurmstepd: [145.batch]`).
-fn step_name(step_id: u32) -> String {
-    match step_id {
-        BATCH_STEP => "batch".into(),
-        0xFFFF_FFFC => "extern".into(),
-        0xFFFF_FFFA => "interactive".into(),
-        n => n.to_string(),
-    }
-}
-
 /// The allocation records of this task and its step: the step's GPUs, with the task's local
 /// id and pid and its slurmstepd's pid. Written as root in `task_init_privileged`, before
 /// slurmstepd has put the task's binding (`SLURMD_TRES_BIND`) into its environment; the hook
@@ -653,8 +627,7 @@ fn step_name(step_id: u32) -> String {
 /// record is the same for every task, so only local task 0 (every step has one on each of its
 /// nodes) writes it.
 fn task_records(step: &Step, h: &SpankHandle) -> Result<Vec<Record>, PluginError> {
-    let gpus = resolve::select(&step.table, &step.list, &step.node)?;
-    let ids: Vec<String> = gpus.iter().map(|g| g.physical_id()).collect();
+    let ids = resolve::choose(&step.table, &step.list, &step.node)?.ids;
     let task_id = u32::try_from(h.task_id().map_err(|e| spank_err("S_TASK_ID", e))?)
         .map_err(|e| spank_err("S_TASK_ID", e))?;
     let step_record = Record {
@@ -681,36 +654,8 @@ fn task_records(step: &Step, h: &SpankHandle) -> Result<Vec<Record>, PluginError
     })
 }
 
-/// The variables of a step or task, as (name, value) pairs in the order they are set.
-fn step_vars(step: &Step, env: &GpuEnv) -> Vec<(String, String)> {
-    let mut out = vec![
-        (GPUS_VAR.to_owned(), env.gres_oci_gpus.clone()),
-        (
-            "NVIDIA_VISIBLE_DEVICES".to_owned(),
-            env.nvidia_visible_devices.clone(),
-        ),
-    ];
-    if step.container {
-        if let Some(cvd) = &env.container_cvd {
-            out.push(("CUDA_VISIBLE_DEVICES".to_owned(), cvd.clone()));
-        }
-        out.push(("CUDA_DEVICE_ORDER".to_owned(), "PCI_BUS_ID".to_owned()));
-    }
-    if let Some(caps) = &step.settings.caps {
-        out.push(("NVIDIA_DRIVER_CAPABILITIES".to_owned(), caps.clone()));
-    }
-    // Slurm 22.05 writes the container's config before the step's gres/mps variable exists.
-    if let (true, Some(p)) = (step.container, step.mps) {
-        out.push((
-            "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE".to_owned(),
-            p.to_string(),
-        ));
-    }
-    out
-}
-
 fn set_env(h: &SpankHandle, step: &Step, env: &GpuEnv) -> Result<(), PluginError> {
-    for (k, v) in step_vars(step, env) {
+    for (k, v) in resolve::step_vars(env, &step.kind()) {
         setenv(h, &k, &v)?;
     }
     Ok(())
@@ -892,84 +837,8 @@ mod tests {
     }
 
     #[test]
-    fn constrained_devices_from_proc_self_cgroup() {
-        let v1 = "5:devices:/slurm_n1/uid_0/job_7/step_0/task_1\n4:memory:/\n";
-        assert_eq!(constrained_in(v1), Some(true));
-        assert_eq!(constrained_in("5:devices:/\n0::/\n"), Some(false));
-        assert_eq!(constrained_in("3:cpu,devices:/user.slice\n"), Some(false));
-        // cgroup v2 only: no devices controller line to tell.
-        assert_eq!(
-            constrained_in("0::/system.slice/slurmstepd.scope/job_7\n"),
-            None
-        );
-    }
-
-    #[test]
     fn version_constant_matches_headers() {
         assert_eq!(parse_hex("0x160508"), 0x0016_0508);
         assert_eq!(SLURM_VERSION_NUMBER, slurm_spank::SLURM_VERSION_NUMBER);
-    }
-
-    #[test]
-    fn step_names_match_slurmstepd_titles() {
-        assert_eq!(step_name(0), "0");
-        assert_eq!(step_name(12), "12");
-        assert_eq!(step_name(BATCH_STEP), "batch");
-        assert_eq!(step_name(0xFFFF_FFFC), "extern");
-        assert_eq!(step_name(0xFFFF_FFFA), "interactive");
-    }
-
-    #[test]
-    fn step_vars_by_kind() {
-        let env = GpuEnv {
-            gres_oci_gpus: "GPU-a,GPU-b".into(),
-            nvidia_visible_devices: "GPU-a,GPU-b".into(),
-            container_cvd: Some("1,0".into()),
-        };
-        let mut step = Step {
-            settings: Settings {
-                enabled: true,
-                caps: None,
-            },
-            node: "n".into(),
-            table: Vec::new(),
-            list: vec![0, 1],
-            container: false,
-            batch: false,
-            job_id: 1,
-            step_name: "0".into(),
-            state_dir: "/run/gres-oci".into(),
-            mps: Some(25),
-            imex_channels: Vec::new(),
-            nics: Vec::new(),
-        };
-        let names =
-            |s: &Step| -> Vec<String> { step_vars(s, &env).into_iter().map(|(k, _)| k).collect() };
-        assert_eq!(
-            names(&step),
-            vec!["GRES_OCI_GPUS", "NVIDIA_VISIBLE_DEVICES"]
-        );
-        step.container = true;
-        step.settings.caps = Some("compute".into());
-        assert_eq!(
-            step_vars(&step, &env),
-            vec![
-                ("GRES_OCI_GPUS".to_owned(), "GPU-a,GPU-b".to_owned()),
-                (
-                    "NVIDIA_VISIBLE_DEVICES".to_owned(),
-                    "GPU-a,GPU-b".to_owned()
-                ),
-                ("CUDA_VISIBLE_DEVICES".to_owned(), "1,0".to_owned()),
-                ("CUDA_DEVICE_ORDER".to_owned(), "PCI_BUS_ID".to_owned()),
-                (
-                    "NVIDIA_DRIVER_CAPABILITIES".to_owned(),
-                    "compute".to_owned()
-                ),
-                (
-                    "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE".to_owned(),
-                    "25".to_owned()
-                ),
-            ]
-        );
     }
 }
