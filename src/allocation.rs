@@ -624,9 +624,10 @@ pub fn ensure_state_dir(state_dir: &Path) -> Result<(), AllocationError> {
 pub fn write_record(state_dir: &Path, record: &Record) -> Result<(), AllocationError> {
     ensure_state_dir(state_dir)?;
     let path = state_dir.join(record.file_name());
-    let bytes = serde_json::to_vec(record).map_err(|e| AllocationError::Format {
+    // A failure here is a failed write, never a "malformed record".
+    let bytes = serde_json::to_vec(record).map_err(|e| AllocationError::Write {
         path: path.clone(),
-        message: e.to_string(),
+        source: std::io::Error::other(e),
     })?;
     crate::atomic::replace(&path, &bytes, 0o600, None)
         .map_err(|source| AllocationError::Write { path, source })

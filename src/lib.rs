@@ -3,6 +3,19 @@
 //! The data flow is `Config` + `Request` + `Inventory` + `DriverFiles` → [`plan::plan`] →
 //! [`plan::Plan`]; the binaries only gather those inputs and carry the plan out.
 
+/// An error and its causes on one line, `outer: inner: …`, as the hook prints them: messages
+/// never repeat their cause, which lives only in `source()`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
 pub mod allocation;
 pub mod atomic;
 pub mod cdi;
@@ -35,3 +48,16 @@ pub const HOOK_ENV: [&str; 1] = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"];
 
 /// The Slurm release whose headers this build saw (`major.minor.micro`), if any.
 pub const SLURM_VERSION: Option<&str> = option_env!("GRES_OCI_SLURM_VERSION");
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn error_chain_names_each_cause_once() {
+        let e = crate::gres::GresConf::read(std::path::Path::new("/nonexistent/gres.conf"))
+            .unwrap_err();
+        assert_eq!(
+            crate::error_chain(&e),
+            "cannot read /nonexistent/gres.conf: No such file or directory (os error 2)"
+        );
+    }
+}

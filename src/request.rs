@@ -412,7 +412,7 @@ pub fn choose_inventory(
             source,
         }),
         (Err(e), Ok(inv)) => {
-            tracing::debug!(error = %e, "NVML unavailable, using procfs");
+            tracing::debug!(error = %crate::error_chain(&e), "NVML unavailable, using procfs");
             Ok(inv)
         }
         (Err(nvml), Err(procfs)) => Err(InventoryChoiceError::Neither { procfs, nvml }),

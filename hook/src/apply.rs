@@ -479,7 +479,7 @@ impl RealSys {
             bytes = updated_cache(Some(b), &c32, arch);
         }
         Ok(bytes
-            .map_err(|e| tracing::debug!(error = %e, "linker cache not rewritable in-process; running ldconfig"))
+            .map_err(|e| tracing::debug!(error = %gres_oci::error_chain(&e), "linker cache not rewritable in-process; running ldconfig"))
             .ok())
     }
 

@@ -21,24 +21,24 @@
 //! `CUDA_DEVICE_ORDER=PCI_BUS_ID`. Host steps keep Slurm's own `CUDA_VISIBLE_DEVICES`.
 
 pub mod ffi;
+mod node;
 pub mod spool;
 
 use std::error::Error;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 use gres_oci::allocation::{
     ensure_state_dir, remove_job, remove_step, sweep_stale, write_record, Record, JOB_RECORD,
 };
 use gres_oci::config::Config;
-use gres_oci::gres::{GresConf, GresError};
-use gres_oci::inventory::Inventory;
+use gres_oci::gres::GresError;
 use gres_oci::plan::DevNum;
 use gres_oci::request::GPUS_VAR;
 use slurm_spank::{spank_log, Context, LogLevel, Plugin, SpankHandle, SpankOption};
 
 use gres_oci::plugin_args::{self as args, settings, Settings, SiteArgs, OPT_CAPS, OPT_ENABLE};
 use gres_oci::slurm_step::{self as resolve, GpuEnv, NodeGpu};
+use node::{devices_constrained, node_gpus, node_name, step_imex_channels, step_nics};
 
 /// `SLURM_VERSION_NUMBER` of the headers found by build.rs (SLURM_INCLUDE_DIR).
 pub const SLURM_VERSION_NUMBER: u32 = parse_hex(env!("GRES_OCI_SPANK_SLURM_VERSION"));
@@ -80,11 +80,11 @@ pub enum PluginError {
     Args(#[from] args::ArgError),
     #[error(transparent)]
     Config(#[from] gres_oci::config::ConfigError),
-    #[error("gres.conf: {0}")]
+    #[error("gres.conf")]
     Gres(#[from] GresError),
     #[error(transparent)]
     Resolve(#[from] resolve::ResolveError),
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Inventory {
         what: String,
         #[source]
@@ -161,7 +161,7 @@ fn log(level: LogLevel, msg: &str) {
 /// info line in slurmd's log; either way the callback fails, which Slurm ignores for
 /// optional plugins.
 fn report(e: PluginError) -> Box<dyn Error> {
-    let msg = format!("gres-oci: {e}");
+    let msg = format!("gres-oci: {}", gres_oci::error_chain(&e));
     if ffi::required() == Some(false) {
         spank_log(
             LogLevel::Info,
@@ -185,110 +185,6 @@ fn getenv(h: &SpankHandle, name: &str) -> Result<Option<String>, PluginError> {
 fn setenv(h: &SpankHandle, name: &str, value: &str) -> Result<(), PluginError> {
     h.setenv(name, value, true)
         .map_err(|e| spank_err(&format!("setting {name}"), e))
-}
-
-/// This node's name as slurmd knows it: slurmstepd's own `SLURMD_NODENAME`, else the short
-/// host name (the job environment's copy is empty under srun and wrong on other nodes of a
-/// batch job).
-fn node_name() -> String {
-    if let Ok(n) = std::env::var("SLURMD_NODENAME") {
-        if !n.is_empty() {
-            return n;
-        }
-    }
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its whole length; gethostname NUL-terminates on success
-    // when the name fits, and the last byte stays 0 regardless.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len() - 1) };
-    if rc != 0 {
-        return String::new();
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    let full = String::from_utf8_lossy(&buf[..end]).into_owned();
-    full.split('.').next().unwrap_or("").to_owned()
-}
-
-/// The minor of a GPU device file named in gres.conf, from the file itself.
-fn device_minor(path: &Path) -> Result<u32, resolve::ResolveError> {
-    device_rdev(path).map(|d| libc::minor(d))
-}
-
-/// A character device file's number; anything else is an error naming it.
-fn device_rdev(path: &Path) -> Result<u64, resolve::ResolveError> {
-    let m = std::fs::metadata(path).map_err(|e| resolve::ResolveError::Device {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    })?;
-    if !m.file_type().is_char_device() {
-        return Err(resolve::ResolveError::Device {
-            path: path.to_owned(),
-            reason: "not a character device".into(),
-        });
-    }
-    Ok(m.rdev())
-}
-
-/// The node's GPU table from gres.conf, the device files and procfs.
-fn node_gpus(config: &Config, node: &str) -> Result<Vec<NodeGpu>, PluginError> {
-    let conf = GresConf::read(&config.gres_conf)?;
-    for skipped in conf.skipped_for_node(node) {
-        log(
-            LogLevel::Info,
-            &format!("ignoring another node's malformed gres.conf line: {skipped}"),
-        );
-    }
-    let inventory = gres_oci::inventory::read_procfs(&config.proc_root);
-    let autodetect = conf.autodetect_for_node(node).is_some_and(|a| a.is_on());
-    match conf.gpus_for_node(node) {
-        Ok(devices) => {
-            let inv: Option<&Inventory> = inventory.as_ref().ok();
-            if let Err(e) = &inventory {
-                if !devices.is_empty() {
-                    log(
-                        LogLevel::Verbose,
-                        &format!("no procfs inventory ({e}); naming GPUs by minor"),
-                    );
-                }
-            }
-            Ok(resolve::node_table(
-                &devices,
-                device_minor,
-                inv,
-                autodetect,
-            )?)
-        }
-        Err(e) if matches!(e.kind(), GresError::AutoDetectWithoutFiles { .. }) => {
-            // Slurm took the list from NVML, i.e. PCI bus order, which procfs also gives.
-            let inv = inventory.map_err(|source| PluginError::Inventory {
-                what: format!(
-                    "gres.conf {} relies on AutoDetect for node {node:?}, which needs the driver's procfs",
-                    config.gres_conf.display()
-                ),
-                source,
-            })?;
-            // Slurm's list then holds the MIG devices, which procfs cannot number: refuse
-            // rather than hand out a whole parent GPU for one slice's index.
-            if let Some(g) = inv
-                .gpus
-                .iter()
-                .find(|g| gres_oci::inventory::has_mig_instances(&config.proc_root, g.minor))
-            {
-                return Err(PluginError::MigWithoutFiles {
-                    conf: config.gres_conf.clone(),
-                    node: node.to_owned(),
-                    minor: g.minor,
-                });
-            }
-            Ok(resolve::table_from_inventory(&inv, &config.dev_root))
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Whether this process's devices are constrained by Slurm (cgroup v1 devices controller
-/// under a `job_N` cgroup). `None` when there is no v1 devices controller to tell.
-fn devices_constrained() -> Option<bool> {
-    resolve::devices_constrained_in(&std::fs::read_to_string("/proc/self/cgroup").ok()?)
 }
 
 impl GresOci {
@@ -453,7 +349,10 @@ impl GresOci {
                 Err(e) => {
                     log(
                         LogLevel::Verbose,
-                        &format!("{e}; no allocation record for this opted-out step"),
+                        &format!(
+                            "{}; no allocation record for this opted-out step",
+                            gres_oci::error_chain(&e)
+                        ),
                     );
                     (
                         Default::default(),
@@ -584,42 +483,6 @@ impl GresOci {
     }
 }
 
-/// The IMEX channels this step's processes can open: the channel nodes in slurmstepd's own
-/// view of `dev-root` (switch/nvidia_imex mounts a private tmpfs there holding the job's
-/// channel), on the major the driver registered. None where the driver has no IMEX.
-fn step_imex_channels(config: &Config) -> Vec<u32> {
-    match gres_oci::imex::read_major(&config.proc_root) {
-        Ok(Some(major)) => gres_oci::inventory::scan_dev_root(&config.dev_root)
-            .map(|d| gres_oci::imex::channels_on_node(&d, major))
-            .unwrap_or_default(),
-        _ => Vec::new(),
-    }
-}
-
-/// The step's gres/nic adapters as device numbers: Slurm's list (`var`, `value`) through this
-/// node's `Name=nic` files in gres.conf, each file stat'ed.
-fn step_nics(
-    config: &Config,
-    node: &str,
-    var: &'static str,
-    value: &str,
-) -> Result<Vec<DevNum>, PluginError> {
-    if value.trim().is_empty() {
-        return Ok(Vec::new());
-    }
-    let table = GresConf::read(&config.gres_conf)?.nics_for_node(node)?;
-    resolve::step_nic_files(var, value, &table, node)?
-        .iter()
-        .map(|f| {
-            let rdev = device_rdev(f)?;
-            Ok(DevNum {
-                major: libc::major(rdev),
-                minor: libc::minor(rdev),
-            })
-        })
-        .collect()
-}
-
 /// The allocation records of this task and its step: the step's GPUs, with the task's local
 /// id and pid and its slurmstepd's pid. Written as root in `task_init_privileged`, before
 /// slurmstepd has put the task's binding (`SLURMD_TRES_BIND`) into its environment; the hook
@@ -712,7 +575,10 @@ unsafe impl Plugin for GresOci {
 
     fn user_init(&mut self, h: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
         if let Err(e) = self.user_init_inner(h) {
-            log(LogLevel::Verbose, &format!("{e} (reported by the tasks)"));
+            log(
+                LogLevel::Verbose,
+                &format!("{} (reported by the tasks)", gres_oci::error_chain(&e)),
+            );
             self.deferred = Some(e);
         }
         Ok(())
@@ -764,14 +630,20 @@ unsafe impl Plugin for GresOci {
         // A failing prolog drains the node, so errors are logged, not returned: the hook then
         // simply has no job record (steps keep their own; the extern step gets nothing).
         if let Err(e) = self.job_record(h) {
-            log(LogLevel::Error, &format!("job prolog: {e}"));
+            log(
+                LogLevel::Error,
+                &format!("job prolog: {}", gres_oci::error_chain(&e)),
+            );
         }
         Ok(())
     }
 
     fn job_epilog(&mut self, h: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
         if let Err(e) = self.load_site(h) {
-            log(LogLevel::Error, &format!("job epilog: {e}"));
+            log(
+                LogLevel::Error,
+                &format!("job epilog: {}", gres_oci::error_chain(&e)),
+            );
             return Ok(());
         }
         let site = self.site();

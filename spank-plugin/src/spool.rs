@@ -32,13 +32,13 @@ pub const ANNOTATION: &str = "org.gres-oci.gpus";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
-    #[error("{}: cannot read: {source}", path.display())]
+    #[error("{}: cannot read", path.display())]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{}: not valid JSON: {source}", path.display())]
+    #[error("{}: not valid JSON", path.display())]
     Json {
         path: PathBuf,
         #[source]
@@ -50,7 +50,7 @@ pub enum SpoolError {
         what: &'static str,
         expected: &'static str,
     },
-    #[error("{}: cannot write: {source}", path.display())]
+    #[error("{}: cannot write", path.display())]
     Write {
         path: PathBuf,
         #[source]

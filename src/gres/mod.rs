@@ -73,13 +73,13 @@ pub enum GresError {
         line: usize,
         error: Box<GresError>,
     },
-    #[error("cannot read {}: {err}", path.display())]
+    #[error("cannot read {}", path.display())]
     Io {
         path: PathBuf,
         #[source]
         err: io::Error,
     },
-    #[error("cannot read included file {}: {err}", path.display())]
+    #[error("cannot read included file {}", path.display())]
     Include {
         path: PathBuf,
         #[source]

@@ -128,7 +128,7 @@ const HOST_ENDIAN: &str = if cfg!(target_endian = "big") {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LdCacheError {
-    #[error("{}: cannot read ld.so.cache: {source}", .path.display())]
+    #[error("{}: cannot read ld.so.cache", .path.display())]
     Io {
         path: PathBuf,
         #[source]
