@@ -8,6 +8,14 @@ use anyhow::{bail, Context, Result};
 /// A command and the arguments after it.
 pub type Command = (String, Vec<String>);
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Style {
+    /// Go's `flag` package: flags until the first positional, the command.
+    Go,
+    /// A subcommand's own flags and positionals.
+    Subcommand,
+}
+
 /// Arguments: `--name value`, `--name=value` (one dash or two), switches and positionals.
 /// Unknown flags are errors.
 #[derive(Debug)]
@@ -18,44 +26,12 @@ pub struct Flags {
 }
 
 impl Flags {
+    /// A subcommand's arguments: flags and positionals in any order, `--` ends the flags.
+    ///
     /// # Errors
     /// An unknown flag, or a flag without its value.
     pub fn parse(rest: &[String], with_value: &[&str], switches: &[&str]) -> Result<Flags> {
-        let mut f = Flags {
-            values: BTreeMap::new(),
-            switches: Vec::new(),
-            positional: Vec::new(),
-        };
-        let mut it = rest.iter();
-        while let Some(a) = it.next() {
-            let Some(flag) = a.strip_prefix("--").or_else(|| a.strip_prefix('-')) else {
-                f.positional.push(a.clone());
-                continue;
-            };
-            if flag.is_empty() {
-                f.positional.extend(it.by_ref().cloned());
-                break;
-            }
-            let (name, inline) = match flag.split_once('=') {
-                Some((n, v)) => (n, Some(v.to_owned())),
-                None => (flag, None),
-            };
-            if with_value.contains(&name) {
-                let v = match inline {
-                    Some(v) => v,
-                    None => it
-                        .next()
-                        .cloned()
-                        .with_context(|| format!("--{name} needs a value"))?,
-                };
-                f.values.entry(name.to_owned()).or_default().push(v);
-            } else if switches.contains(&name) && inline.is_none() {
-                f.switches.push(name.to_owned());
-            } else {
-                bail!("unknown flag: {a}");
-            }
-        }
-        Ok(f)
+        Ok(Flags::scan(rest, with_value, switches, Style::Subcommand)?.0)
     }
 
     /// Go `flag` semantics, as NVIDIA's hook parses its own: flags only before the command
@@ -70,6 +46,16 @@ impl Flags {
         with_value: &[&str],
         switches: &[&str],
     ) -> Result<(Flags, Option<Command>)> {
+        Flags::scan(argv, with_value, switches, Style::Go)
+    }
+
+    fn scan(
+        argv: &[String],
+        with_value: &[&str],
+        switches: &[&str],
+        style: Style,
+    ) -> Result<(Flags, Option<Command>)> {
+        let go = style == Style::Go;
         let mut f = Flags {
             values: BTreeMap::new(),
             switches: Vec::new(),
@@ -78,8 +64,16 @@ impl Flags {
         let mut it = argv.iter();
         while let Some(a) = it.next() {
             let Some(flag) = a.strip_prefix("--").or_else(|| a.strip_prefix('-')) else {
-                return Ok((f, Some((a.clone(), it.cloned().collect()))));
+                if go {
+                    return Ok((f, Some((a.clone(), it.cloned().collect()))));
+                }
+                f.positional.push(a.clone());
+                continue;
             };
+            if flag.is_empty() && !go {
+                f.positional.extend(it.by_ref().cloned());
+                break;
+            }
             let (name, inline) = match flag.split_once('=') {
                 Some((n, v)) => (n, Some(v.to_owned())),
                 None => (flag, None),
@@ -87,18 +81,23 @@ impl Flags {
             if with_value.contains(&name) {
                 let v = match inline {
                     Some(v) => v,
-                    None => it
-                        .next()
-                        .cloned()
-                        .with_context(|| format!("flag needs an argument: -{name}"))?,
+                    None => it.next().cloned().with_context(|| {
+                        if go {
+                            format!("flag needs an argument: -{name}")
+                        } else {
+                            format!("--{name} needs a value")
+                        }
+                    })?,
                 };
                 f.values.entry(name.to_owned()).or_default().push(v);
-            } else if switches.contains(&name) {
+            } else if switches.contains(&name) && (go || inline.is_none()) {
                 if inline.is_none_or(|v| v != "false") {
                     f.switches.push(name.to_owned());
                 }
-            } else {
+            } else if go {
                 bail!("flag provided but not defined: -{name}");
+            } else {
+                bail!("unknown flag: {a}");
             }
         }
         Ok((f, None))

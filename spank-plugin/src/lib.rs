@@ -156,6 +156,14 @@ fn log(level: LogLevel, msg: &str) {
     spank_log(level, &format!("gres-oci: {msg}"));
 }
 
+/// Logs `e` with its causes at error level, after `what` (the callback).
+fn log_error(what: &str, e: &PluginError) {
+    log(
+        LogLevel::Error,
+        &format!("{what}: {}", gres_oci::error_chain(e)),
+    );
+}
+
 /// Reports `e` as the contract says: under `required` one line the user sees on stderr
 /// (slurmstepd copies error-level lines to the step's stderr), under `optional` only an
 /// info line in slurmd's log; either way the callback fails, which Slurm ignores for
@@ -307,7 +315,7 @@ impl GresOci {
         let node = node_name();
         // The step's GPUs are resolved even when the user opts out: the record that bounds the
         // step's containers is not the user's to switch off.
-        let resolved = (|| -> Result<_, PluginError> {
+        let resolved = (|| -> Result<(Step, GpuEnv), PluginError> {
             let config = Config::load(site.config.as_deref())?;
             let list = resolve::parse_list(var, value.as_deref().unwrap_or(""))?;
             // A step without GPUs needs no table (and so no readable gres.conf).
@@ -320,20 +328,26 @@ impl GresOci {
             let env = resolve::gpu_env(&gpus);
             let mut list: Vec<usize> = gpus.iter().map(|g| g.index).collect();
             list.sort_unstable();
-            let mps = resolve::mps_percentage(mps_value.as_deref())?;
-            let imex = step_imex_channels(&config);
             let nics = if config.mofed_step_nics {
                 step_nics(&config, &node, nic_var, nic_value.as_deref().unwrap_or(""))?
             } else {
                 Vec::new()
             };
-            Ok((
-                config.state_dir.clone(),
+            let step = Step {
+                settings: settings.clone(),
+                node: node.clone(),
                 table,
                 list,
-                env,
-                (mps, imex, nics),
-            ))
+                container,
+                batch,
+                job_id,
+                step_name: step_name(step_id),
+                state_dir: config.state_dir.clone(),
+                mps: resolve::mps_percentage(mps_value.as_deref())?,
+                imex_channels: step_imex_channels(&config),
+                nics,
+            };
+            Ok((step, env))
         })();
         if !settings.enabled {
             // srun carries the batch script's environment into its steps; a list inherited
@@ -344,8 +358,8 @@ impl GresOci {
                         .map_err(|e| spank_err(&format!("unsetting {var}"), e))?;
                 }
             }
-            let (state_dir, table, list, (mps, imex_channels, nics)) = match resolved {
-                Ok((d, t, l, _, m)) => (d, t, l, m),
+            let step = match resolved {
+                Ok((step, _)) => step,
                 Err(e) => {
                     log(
                         LogLevel::Verbose,
@@ -354,45 +368,27 @@ impl GresOci {
                             gres_oci::error_chain(&e)
                         ),
                     );
-                    (
-                        Default::default(),
-                        Vec::new(),
-                        Vec::new(),
-                        (None, Vec::new(), Vec::new()),
-                    )
+                    // No state dir: no record is written.
+                    Step {
+                        settings,
+                        node: String::new(),
+                        table: Vec::new(),
+                        list: Vec::new(),
+                        container,
+                        batch,
+                        job_id,
+                        step_name: step_name(step_id),
+                        state_dir: Default::default(),
+                        mps: None,
+                        imex_channels: Vec::new(),
+                        nics: Vec::new(),
+                    }
                 }
             };
-            self.step = Some(Step {
-                settings,
-                node: String::new(),
-                table,
-                list,
-                container,
-                batch,
-                job_id,
-                step_name: step_name(step_id),
-                state_dir,
-                mps,
-                imex_channels,
-                nics,
-            });
+            self.step = Some(step);
             return Ok(());
         }
-        let (state_dir, table, list, env, (mps, imex_channels, nics)) = resolved?;
-        let step = Step {
-            settings,
-            node,
-            table,
-            list,
-            container,
-            batch,
-            job_id,
-            step_name: step_name(step_id),
-            state_dir,
-            mps,
-            imex_channels,
-            nics,
-        };
+        let (step, env) = resolved?;
         set_env(h, &step, &env)?;
         self.step = Some(step);
         Ok(())
@@ -619,7 +615,7 @@ unsafe impl Plugin for GresOci {
         match result {
             Ok(()) => {}
             Err(e) if step.settings.enabled => self.deferred = Some(e),
-            Err(e) => log(LogLevel::Error, &e.to_string()),
+            Err(e) => log(LogLevel::Error, &gres_oci::error_chain(&e)),
         }
         Ok(())
     }
@@ -630,20 +626,14 @@ unsafe impl Plugin for GresOci {
         // A failing prolog drains the node, so errors are logged, not returned: the hook then
         // simply has no job record (steps keep their own; the extern step gets nothing).
         if let Err(e) = self.job_record(h) {
-            log(
-                LogLevel::Error,
-                &format!("job prolog: {}", gres_oci::error_chain(&e)),
-            );
+            log_error("job prolog", &e);
         }
         Ok(())
     }
 
     fn job_epilog(&mut self, h: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
         if let Err(e) = self.load_site(h) {
-            log(
-                LogLevel::Error,
-                &format!("job epilog: {}", gres_oci::error_chain(&e)),
-            );
+            log_error("job epilog", &e);
             return Ok(());
         }
         let site = self.site();
