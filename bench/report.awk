@@ -128,6 +128,12 @@ END {
   }
   printf "  plan = config+bundle+inventory+discovery+plan (`gres-oci-hook plan`, own process)\n"
   printf "  ns+mnt = nocg - plan (fork, setns, mounts, links); cgroup = noldc - nocg; ldconfig = full - noldc\n"
+  printf "\nExec cost (ms median): /bin/true %.3f; gres-oci-hook -version %.3f (+%.3f)", \
+    med("exec/true"), med("exec/version"), med("exec/version") - med("exec/true")
+  if (med("exec/version-cmp") > 0)
+    printf "; --compare-hook -version %.3f (+%.3f); plan 1 GPU shipped %.3f, compared %.3f", \
+      med("exec/version-cmp"), med("exec/version-cmp") - med("exec/true"), plan["procfs", 1], med("plan/cmp/1")
+  printf "\n"
   upd = -1
   if (ldupdate != "null" && match(ldupdate, /"median_us": *[0-9.]+/)) {
     t = substr(ldupdate, RSTART, RLENGTH); sub(/.*: */, "", t); upd = t / 1000

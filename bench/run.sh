@@ -12,6 +12,8 @@
 #                    bookworm: the linker-cache update grows with the image); used in place,
 #                    the hook leaves its mount targets and soname links in it
 #   --out DIR        default target/bench
+#   --compare-hook B another gres-oci-hook binary (e.g. built without a feature) whose exec
+#                    cost (`-version`, `plan`) is measured in the same rounds as the shipped one
 #
 # Every configuration is measured in the same rounds, in a fresh random order each round, so
 # that drift on a shared machine hits bare and hook runs alike. Times are wall clock around
@@ -31,6 +33,7 @@ hook_rounds=25
 gpus="1 2 4 8 16"
 out=$repo/target/bench
 rootfs_src=
+compare_hook=
 build=1
 while (($#)); do
   case $1 in
@@ -40,6 +43,7 @@ while (($#)); do
     --out) out=$2; shift 2 ;;
     --rootfs) rootfs_src=$(cd "$2" && pwd); shift 2 ;;
     --no-build) build=0; shift ;;
+    --compare-hook) compare_hook=$(realpath "$2"); shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^#! \{0,1\}//; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -200,9 +204,22 @@ for path in procfs nvml; do
     hook_cfgs+=("plan-$path-$n")
   done
 done
+# Exec cost: what starting the binary costs before any work, against /bin/true, and `plan`
+# (every prestart's work before the namespace) of the shipped binary and --compare-hook.
+hook_cfgs+=(exec-true exec-version)
+[ -n "$compare_hook" ] && hook_cfgs+=(exec-version-cmp plan-cmp)
 for ((r = 0; r < hook_rounds + 1; r++)); do
   for c in "${hook_cfgs[@]}"; do echo "$c"; done | shuf | while read -r c; do
-    if [[ $c == plan-* ]]; then
+    if [[ $c == exec-true ]]; then
+      printf 'exec/true\t/bin/true\n'
+    elif [[ $c == exec-version ]]; then
+      printf 'exec/version\t%s\t-version\n' "$hook"
+    elif [[ $c == exec-version-cmp ]]; then
+      printf 'exec/version-cmp\t%s\t-version\n' "$compare_hook"
+    elif [[ $c == plan-cmp ]]; then
+      printf 'plan/cmp/1\t%s\tplan\t--bundle\t%s\t--config\t%s\n' "$compare_hook" \
+        "$W/b/hook-procfs-1-full" "$W/node1/config.toml"
+    elif [[ $c == plan-* ]]; then
       IFS=- read -r _ path n <<<"$c"
       printf 'plan/%s/%s\t%s\tplan\t--bundle\t%s\t--config\t%s\n' "$path" "$n" "$hook" \
         "$W/b/hook-$path-$n-full" "$W/node$n/config.toml"
@@ -214,7 +231,7 @@ done >"$W/plan-hook.txt"
 "$W/timer" run "$W/plan-hook.txt" >"$W/hookrun.txt"
 # The first sample of each label is a warm-up.
 awk '{ if (seen[$1]++) print; else print "warm/" $0 }' "$W/hook-times.txt" >"$W/hook.txt"
-awk '$1 ~ /^plan\// { if (seen[$1]++) print; else print "warm/" $0 }' "$W/hookrun.txt" >>"$W/hook.txt"
+awk '$1 ~ /^(plan|exec)\// { if (seen[$1]++) print; else print "warm/" $0 }' "$W/hookrun.txt" >>"$W/hook.txt"
 
 if awk '$4 != 0 { bad++ } END { exit !bad }' "$W/start.txt" "$W/hookrun.txt" "$W/hook.txt"; then
   echo "run.sh: some runs failed:" >&2
