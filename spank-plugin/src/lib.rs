@@ -37,7 +37,9 @@ use gres_oci::request::GPUS_VAR;
 use slurm_spank::{spank_log, Context, LogLevel, Plugin, SpankHandle, SpankOption};
 
 use gres_oci::plugin_args::{self as args, settings, Settings, SiteArgs, OPT_CAPS, OPT_ENABLE};
-use gres_oci::slurm_step::{self as resolve, GpuEnv, NodeGpu};
+use gres_oci::slurm_step::{
+    self as resolve, step_name, GpuEnv, NodeGpu, BATCH_STEP, INTERACTIVE_STEP, SPECIAL_STEPS,
+};
 use node::{devices_constrained, node_gpus, node_name, step_imex_channels, step_nics};
 
 /// `SLURM_VERSION_NUMBER` of the headers found by build.rs (SLURM_INCLUDE_DIR).
@@ -68,8 +70,6 @@ const fn parse_hex(s: &str) -> u32 {
     v
 }
 
-/// Slurm's step id of a batch script (`SLURM_BATCH_SCRIPT`).
-use gres_oci::slurm_step::{step_name, BATCH_STEP, INTERACTIVE_STEP, SPECIAL_STEPS};
 /// The first release whose `--container` receives the final step environment.
 const FIRST_UNPATCHED: (u32, u32) = (23, 2);
 
