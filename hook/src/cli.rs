@@ -120,13 +120,15 @@ impl Flags {
     }
 }
 
+/// An argument vector from string literals, for tests.
+#[cfg(test)]
+pub fn args(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn args(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
-    }
 
     #[test]
     fn flag_forms() {

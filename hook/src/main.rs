@@ -156,10 +156,7 @@ fn run(argv: &[String]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn args(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
-    }
+    use crate::cli::args;
 
     #[test]
     fn go_flag_forms() {

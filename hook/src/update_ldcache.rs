@@ -163,10 +163,7 @@ pub fn run(rest: &[String]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn args(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
-    }
+    use crate::cli::args;
 
     #[test]
     fn arguments() {
