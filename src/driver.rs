@@ -118,6 +118,20 @@ pub struct DriverFiles {
     pub missing: Vec<String>,
 }
 
+/// The host's udev database and cuFile config under the driver root `root`, as NVIDIA's GDS
+/// discovery mounts them for a container with GPUDirect Storage, where present.
+pub fn gds_files(root: &Path) -> Vec<HostFile> {
+    ["/run/udev", "/etc/cufile.json"]
+        .into_iter()
+        .filter_map(|p| {
+            Some(HostFile {
+                host_path: resolve_in(root, Path::new(p))?,
+                container_path: PathBuf::from(p),
+            })
+        })
+        .collect()
+}
+
 impl DriverFiles {
     /// The files mounted at their own container paths, with how: binaries, firmware and
     /// (`with_gds`, only where the container gets GDS nodes, as NVIDIA's discovery does) the
@@ -292,17 +306,9 @@ impl<'a> DriverRoot<'a> {
         }
     }
 
-    /// For a container that asks for GPUDirect Storage: the host's udev database and cuFile
-    /// config, as NVIDIA's GDS discovery mounts them, where present under the driver root.
+    /// For a container that asks for GPUDirect Storage: see [`gds_files`].
     pub fn add_gds_files(&self, files: &mut DriverFiles) {
-        for p in ["/run/udev", "/etc/cufile.json"] {
-            if let Some(host_path) = resolve_in(self.root, Path::new(p)) {
-                files.gds.push(HostFile {
-                    host_path,
-                    container_path: PathBuf::from(p),
-                });
-            }
-        }
+        files.gds.extend(gds_files(self.root));
     }
 
     /// For a Slurm step that holds MPS shares (gres/mps) and asks for compute: the MPS log

@@ -149,23 +149,26 @@ pub struct MountEntry {
     pub id: u64,
     pub mount_point: String,
     pub fstype: String,
+    /// It propagates new mounts to peers (`shared:N` among the optional fields, which end at
+    /// the lone `-`).
+    pub shared: bool,
 }
 
 /// The mount with id `id` in `mountinfo` (proc(5): `ID PARENT MAJ:MIN ROOT POINT OPTS
 /// [OPTIONAL...] - FSTYPE SOURCE SUPEROPTS`). Octal escapes in the mount point are kept.
 pub fn find_mount(mountinfo: &str, id: u64) -> Option<MountEntry> {
     mountinfo.lines().find_map(|line| {
-        let mut f = line.split(' ');
-        let this: u64 = f.next()?.parse().ok()?;
-        if this != id {
+        let f: Vec<&str> = line.split(' ').collect();
+        if f.first()?.parse::<u64>().ok()? != id {
             return None;
         }
-        let mount_point = f.nth(3)?.to_owned();
-        let fstype = f.skip_while(|x| *x != "-").nth(1)?.to_owned();
+        // Optional fields start at 6 and end at the lone `-`.
+        let dash = 6 + f.get(6..)?.iter().position(|x| *x == "-")?;
         Some(MountEntry {
             id,
-            mount_point,
-            fstype,
+            mount_point: f.get(4)?.to_string(),
+            fstype: f.get(dash + 1)?.to_string(),
+            shared: f[6..dash].iter().any(|x| x.starts_with("shared:")),
         })
     })
 }
@@ -284,6 +287,7 @@ impl RealSys {
             id,
             mount_point: "?".into(),
             fstype: "unknown".into(),
+            shared: false,
         });
         mount_refusal(area, &entry, self.root_mnt)
     }
@@ -548,18 +552,16 @@ impl RealSys {
             .with_context(|| format!("ldcache error: {}", ldconfig.display()))
     }
 
-    fn mount_at(&self, tree: OwnedFd, target: BorrowedFd, attrs: Attrs, what: &Path) -> Result<()> {
+    pub(crate) fn mount_at(
+        &self,
+        tree: OwnedFd,
+        target: BorrowedFd,
+        attrs: Attrs,
+        what: &Path,
+    ) -> Result<()> {
         mount_setattr(tree.as_fd(), attrs)
             .with_context(|| format!("{}: setting mount flags", what.display()))?;
-        rustix::mount::move_mount(
-            &tree,
-            "",
-            target,
-            "",
-            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
-        )
-        .with_context(|| format!("{}: mount failed", what.display()))?;
-        Ok(())
+        attach(tree.as_fd(), target, what)
     }
 }
 
@@ -568,6 +570,18 @@ impl RealSys {
 enum OpenError {
     Errno(Errno),
     Other(anyhow::Error),
+}
+
+/// Attaches the detached mount `tree` on `target`.
+pub(crate) fn attach(tree: BorrowedFd, target: BorrowedFd, what: &Path) -> Result<()> {
+    rustix::mount::move_mount(
+        tree,
+        "",
+        target,
+        "",
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+    )
+    .with_context(|| format!("{}: mount failed", what.display()))
 }
 
 /// The mount id of the object behind `fd` (statx `STATX_MNT_ID`, Linux 5.8).
@@ -831,7 +845,8 @@ mod tests {
             MountEntry {
                 id: 124,
                 mount_point: "/b/rootfs/mnt/shm".into(),
-                fstype: "ext4".into()
+                fstype: "ext4".into(),
+                shared: false,
             }
         );
         assert_eq!(entry(122).fstype, "tmpfs");

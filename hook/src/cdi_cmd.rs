@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use gres_oci::cdi::{self, CdiOptions};
 use gres_oci::config::{Config, CudaCompatMode, Ldconfig};
-use gres_oci::driver::{DriverFiles, DriverRoot};
+use gres_oci::driver::DriverRoot;
 use gres_oci::fabric::Fabric;
 use gres_oci::inventory::scan_dev_root;
 use gres_oci::nvidia_env::{parse_capabilities, Capability};
@@ -146,12 +146,12 @@ fn generate(global_config: Option<&Path>, f: &Flags) -> Result<()> {
                 cdi::generate_imex(&channels, &opts)?
             }
             Some(kind) => {
-                let mut files = DriverFiles::default();
-                if kind == Fabric::Gds {
-                    let cache = gather::driver_cache(&config)?;
-                    DriverRoot::new(&config, &cache, "").add_gds_files(&mut files);
-                }
-                cdi::generate_fabric(kind, &devices, &files.gds, &opts)?
+                let gds = if kind == Fabric::Gds {
+                    gres_oci::driver::gds_files(&config.driver_root)
+                } else {
+                    Vec::new()
+                };
+                cdi::generate_fabric(kind, &devices, &gds, &opts)?
             }
         };
         return emit(&spec, format, f.last("output"));

@@ -17,21 +17,9 @@ use anyhow::{bail, Context, Result};
 use gres_oci::proc_mask::ProcMask;
 use rustix::fs::{Mode, OFlags, ResolveFlags, CWD};
 use rustix::io::Errno;
-use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, OpenTreeFlags};
+use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags, OpenTreeFlags};
 
-use crate::apply::{find_mount, mount_id, mount_setattr, Attrs, RealSys, Refused};
-
-/// Whether mount `id` propagates mounts to peers (`shared:N` among mountinfo's optional
-/// fields, which end at the lone `-`).
-pub fn is_shared(mountinfo: &str, id: u64) -> bool {
-    mountinfo.lines().any(|line| {
-        let mut f = line.split(' ');
-        f.next().and_then(|x| x.parse::<u64>().ok()) == Some(id)
-            && f.skip(5)
-                .take_while(|x| *x != "-")
-                .any(|x| x.starts_with("shared:"))
-    })
-}
+use crate::apply::{attach, find_mount, mount_id, mount_setattr, Attrs, RealSys, Refused};
 
 fn refused(path: &Path, why: impl Into<String>) -> anyhow::Error {
     Refused {
@@ -82,7 +70,7 @@ fn target(sys: &RealSys, shown: &Path) -> Result<std::result::Result<OwnedFd, &'
         Err(Errno::XDEV) => return Err(refused(shown, "crosses a mount point")),
         Err(e) => return Err(refused(shown, format!("cannot open: {e}"))),
     };
-    if is_shared(&mountinfo, proc_mnt) {
+    if find_mount(&mountinfo, proc_mnt).is_some_and(|m| m.shared) {
         return Err(refused(
             shown,
             "on a shared mount, whose new mounts would propagate out of the container",
@@ -124,18 +112,6 @@ fn mount_point(tmpfs: &OwnedFd, rel: &Path, dir: bool) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Attaches the detached mount `tree` on `at`.
-fn attach(tree: &OwnedFd, at: &OwnedFd, what: &Path) -> Result<()> {
-    rustix::mount::move_mount(
-        tree,
-        "",
-        at,
-        "",
-        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
-    )
-    .with_context(|| format!("{}: mount failed", what.display()))
 }
 
 /// Carries out [`ProcMask`] (see the module's comment).
@@ -191,7 +167,7 @@ pub fn apply(sys: &RealSys, mask: &ProcMask) -> Result<()> {
     for b in &mask.binds {
         mount_point(&tmpfs, &b.target, b.dir)?;
     }
-    attach(&tmpfs, &nv, shown)?;
+    attach(tmpfs.as_fd(), nv.as_fd(), shown)?;
     let ro = Attrs(Attrs::RDONLY | Attrs::NOSUID | Attrs::NODEV | Attrs::NOEXEC);
     for b in &mask.binds {
         let tree = rustix::mount::open_tree(
@@ -211,10 +187,7 @@ pub fn apply(sys: &RealSys, mask: &ProcMask) -> Result<()> {
                 | ResolveFlags::NO_MAGICLINKS,
         )
         .with_context(|| format!("{}/{}: mount point", shown.display(), b.target.display()))?;
-        let what = shown.join(&b.target);
-        mount_setattr(tree.as_fd(), ro)
-            .with_context(|| format!("{}: setting mount flags", what.display()))?;
-        attach(&tree, &at, &what)?;
+        sys.mount_at(tree, at.as_fd(), ro, &shown.join(&b.target))?;
     }
     mount_setattr(tmpfs.as_fd(), ro)
         .with_context(|| format!("{}: making it read-only", shown.display()))?;
@@ -234,11 +207,14 @@ mod tests {
 123 120 0:53 / /b/rootfs/proc3 rw,nosuid shared:9 master:4 - proc proc rw
 124 120 0:53 / /b/rootfs/shared:1 rw,nosuid - proc shared:1 rw
 ";
-        assert!(is_shared(mi, 21));
-        assert!(!is_shared(mi, 121));
-        assert!(!is_shared(mi, 122));
-        assert!(is_shared(mi, 123));
-        assert!(!is_shared(mi, 124));
-        assert!(!is_shared(mi, 7));
+        let shared = |id| find_mount(mi, id).map(|m| m.shared);
+        assert_eq!(shared(21), Some(true));
+        assert_eq!(shared(121), Some(false));
+        assert_eq!(shared(122), Some(false));
+        assert_eq!(shared(123), Some(true));
+        assert_eq!(shared(124), Some(false));
+        assert_eq!(shared(7), None);
+        assert_eq!(find_mount(mi, 123).unwrap().fstype, "proc");
+        assert_eq!(find_mount(mi, 21).unwrap().fstype, "ext4");
     }
 }

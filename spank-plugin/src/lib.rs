@@ -31,7 +31,7 @@ use gres_oci::allocation::{
     ensure_state_dir, remove_job, remove_step, sweep_stale, write_record, Record, JOB_RECORD,
 };
 use gres_oci::config::Config;
-use gres_oci::gres::GresError;
+use gres_oci::gres::{GresConf, GresError};
 use gres_oci::plan::DevNum;
 use gres_oci::request::GPUS_VAR;
 use slurm_spank::{spank_log, Context, LogLevel, Plugin, SpankHandle, SpankOption};
@@ -264,7 +264,7 @@ impl GresOci {
         let table = if list.is_empty() {
             Vec::new()
         } else {
-            node_gpus(&config, &node)?
+            node_gpus(&config, &GresConf::read(&config.gres_conf)?, &node)?
         };
         let gpus = resolve::select(&table, &list, &node)?;
         let mps = std::env::var("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE").ok();
@@ -318,20 +318,25 @@ impl GresOci {
         let resolved = (|| -> Result<(Step, GpuEnv), PluginError> {
             let config = Config::load(site.config.as_deref())?;
             let list = resolve::parse_list(var, value.as_deref().unwrap_or(""))?;
-            // A step without GPUs needs no table (and so no readable gres.conf).
-            let table = if list.is_empty() {
-                Vec::new()
+            let nic_list = nic_value.as_deref().unwrap_or("").trim();
+            let nic_list = if config.mofed_step_nics { nic_list } else { "" };
+            // Read once, and only by a step with GPUs or NICs to look up.
+            let conf = if list.is_empty() && nic_list.is_empty() {
+                None
             } else {
-                node_gpus(&config, &node)?
+                Some(GresConf::read(&config.gres_conf)?)
+            };
+            let table = match &conf {
+                Some(c) if !list.is_empty() => node_gpus(&config, c, &node)?,
+                _ => Vec::new(),
             };
             let gpus = resolve::select(&table, &list, &node)?;
             let env = resolve::gpu_env(&gpus);
             let mut list: Vec<usize> = gpus.iter().map(|g| g.index).collect();
             list.sort_unstable();
-            let nics = if config.mofed_step_nics {
-                step_nics(&config, &node, nic_var, nic_value.as_deref().unwrap_or(""))?
-            } else {
-                Vec::new()
+            let nics = match &conf {
+                Some(c) if !nic_list.is_empty() => step_nics(c, &node, nic_var, nic_list)?,
+                _ => Vec::new(),
             };
             let step = Step {
                 settings: settings.clone(),
@@ -424,13 +429,17 @@ impl GresOci {
                 devices_constrained(),
             )?
         };
-        let chosen = resolve::choose(&step.table, &mine, &step.node)?;
-        if mine != step.list {
-            set_env(h, &step, &chosen.env)?;
-        }
-        if step.container && needs_spool_patch(h) {
-            let patch = self.spool_patch(&step, &chosen.env);
-            self.patch_spool(&step, &patch)?;
+        let narrowed = mine != step.list;
+        let patch = step.container && needs_spool_patch(h);
+        if narrowed || patch {
+            let chosen = resolve::choose(&step.table, &mine, &step.node)?;
+            if narrowed {
+                set_env(h, &step, &chosen.env)?;
+            }
+            if patch {
+                let patch = self.spool_patch(&step, &chosen.env);
+                self.patch_spool(&step, &patch)?;
+            }
         }
         Ok(())
     }

@@ -55,9 +55,13 @@ pub fn device_rdev(path: &Path) -> Result<u64, resolve::ResolveError> {
     Ok(m.rdev())
 }
 
-/// The node's GPU table from gres.conf, the device files and procfs.
-pub fn node_gpus(config: &Config, node: &str) -> Result<Vec<NodeGpu>, PluginError> {
-    let conf = GresConf::read(&config.gres_conf)?;
+/// The node's GPU table from gres.conf (`conf`, read from `config.gres_conf`), the device
+/// files and procfs.
+pub fn node_gpus(
+    config: &Config,
+    conf: &GresConf,
+    node: &str,
+) -> Result<Vec<NodeGpu>, PluginError> {
     for skipped in conf.skipped_for_node(node) {
         log(
             LogLevel::Info,
@@ -133,18 +137,15 @@ pub fn step_imex_channels(config: &Config) -> Vec<u32> {
     }
 }
 
-/// The step's gres/nic adapters as device numbers: Slurm's list (`var`, `value`) through this
-/// node's `Name=nic` files in gres.conf, each file stat'ed.
+/// The step's gres/nic adapters as device numbers: Slurm's list (`var`, `value`, not empty)
+/// through this node's `Name=nic` files in gres.conf, each file stat'ed.
 pub fn step_nics(
-    config: &Config,
+    conf: &GresConf,
     node: &str,
     var: &'static str,
     value: &str,
 ) -> Result<Vec<DevNum>, PluginError> {
-    if value.trim().is_empty() {
-        return Ok(Vec::new());
-    }
-    let table = GresConf::read(&config.gres_conf)?.nics_for_node(node)?;
+    let table = conf.nics_for_node(node)?;
     resolve::step_nic_files(var, value, &table, node)?
         .iter()
         .map(|f| {
